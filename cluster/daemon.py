@@ -1,0 +1,95 @@
+"""The detached process behind ``tessera up``: runs a :class:`StackRunner` until SIGTERM.
+
+While running it publishes ``stack.json`` (addresses, pid) once the application answers, and
+refreshes ``serve_status.json`` (application and replica states, including replicas that
+cannot be placed) every few seconds for ``tessera status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tessera.cluster.stack import StackRunner
+from tessera.serving.config import TesseraConfig
+
+logger = logging.getLogger("tessera.daemon")
+
+
+def serve_status_snapshot(app_name: str) -> dict:
+    """Application and per-deployment replica states from Serve, as plain data."""
+    from ray import serve
+
+    status = serve.status()
+    app = status.applications.get(app_name)
+    if app is None:
+        return {"application": "NOT_DEPLOYED"}
+    deployments = {}
+    for name, deployment in app.deployments.items():
+        deployments[name] = {
+            "status": str(deployment.status.value if hasattr(deployment.status, "value") else deployment.status),
+            "replicas": {str(k.value if hasattr(k, "value") else k): v for k, v in deployment.replica_states.items()},
+            "message": deployment.message,
+        }
+    return {"application": str(app.status.value if hasattr(app.status, "value") else app.status), "deployments": deployments}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--grpc-port", type=int)
+    parser.add_argument("--s3-port", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    config = TesseraConfig.from_file(args.config) if args.config else None
+    runner = StackRunner(args.home, config=config, grpc_port=args.grpc_port, s3_port=args.s3_port)
+    state_path = args.home / "stack.json"
+    status_path = args.home / "serve_status.json"
+    try:
+        config = runner.start(log=logger.info)
+        config_path = args.home / "tessera.yaml"
+        config_path.write_text(config.to_yaml())
+        config_path.chmod(0o600)
+        from tessera.serving.client import TesseraClient
+
+        address = f"{config.grpc.host}:{config.grpc.port}"
+        with TesseraClient(address) as client:
+            client.wait_until_ready(timeout_s=300)
+        state = {
+            "pid": os.getpid(),
+            "grpc_address": address,
+            "s3_endpoint": config.storage.endpoint_url,
+            "bucket": config.storage.bucket,
+            "config_path": str(config_path),
+            "started_at": time.time(),
+        }
+        state_path.write_text(json.dumps(state, indent=2))
+        logger.info("ready: gRPC %s, S3 %s", address, config.storage.endpoint_url)
+        while not stop.wait(5.0):
+            try:
+                status_path.write_text(json.dumps(serve_status_snapshot(config.app_name), indent=2))
+            except Exception:  # status is best effort; never let it take the stack down
+                logger.exception("could not read Serve status")
+    finally:
+        logger.info("shutting down")
+        state_path.unlink(missing_ok=True)
+        status_path.unlink(missing_ok=True)
+        runner.stop()
+        logger.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

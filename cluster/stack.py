@@ -1,0 +1,252 @@
+"""The embedded single-machine stack: a local S3-compatible server, a private local Ray
+instance and the Tessera Serve application.
+
+* :class:`StackRunner` owns the three in this process (tests start one per session; the
+  daemon runs one).
+* :class:`EmbeddedStack` is what the CLI drives: ``up`` starts a detached daemon
+  (``python -m tessera.cluster.daemon``) that runs a StackRunner until ``down`` signals it, so
+  ``down`` stops exactly what ``up`` started and nothing else on the machine.
+
+Everything lives under one home folder: ``s3/`` (objects), ``logs/``, ``tessera.yaml`` (the
+effective config), ``stack.json`` (addresses and pid while running).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server
+from tessera.serving.config import TesseraConfig
+from tessera.serving.storage import StorageConfig
+
+DEFAULT_GRPC_PORT = 9000
+DEFAULT_S3_PORT = 9010
+DEFAULT_BUCKET = "tessera"
+
+
+@dataclasses.dataclass
+class StackState:
+    """What a running stack publishes in ``stack.json``."""
+
+    pid: int
+    grpc_address: str
+    s3_endpoint: str | None
+    bucket: str
+    config_path: str
+    started_at: float
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StackRunner:
+    """S3 server + Ray + Serve app, owned by this process."""
+
+    def __init__(
+        self,
+        home: Path,
+        config: TesseraConfig | None = None,
+        grpc_port: int | None = None,
+        s3_port: int | None = None,
+        num_cpus: int | None = None,
+    ):
+        """With ``config`` None (or a config file without storage) the embedded S3 server is
+        started under ``home/s3`` and the default embedded config is used."""
+        self.home = Path(home)
+        self._config = config
+        self._grpc_port = grpc_port
+        self._s3_port = s3_port
+        self._num_cpus = num_cpus or os.cpu_count() or 2
+        self.s3: EmbeddedS3Server | None = None
+        self.config: TesseraConfig | None = None
+
+    def start(self, log: Callable[[str], None] = lambda _: None) -> TesseraConfig:
+        import ray
+        from ray import serve
+
+        from tessera.serving.app import build_app, grpc_options
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self._config
+        if config is None:
+            self.s3 = EmbeddedS3Server(
+                EmbeddedS3Config(
+                    data_dir=self.home / "s3",
+                    port=self._s3_port if self._s3_port is not None else DEFAULT_S3_PORT,
+                    bucket=DEFAULT_BUCKET,
+                )
+            )
+            log(f"starting the embedded S3 server ({self.home / 's3'})")
+            self.s3.start()
+            config = TesseraConfig(storage=self._embedded_storage())
+        if self._grpc_port is not None:
+            config = config.model_copy(update={"grpc": config.grpc.model_copy(update={"port": self._grpc_port})})
+        self.config = config
+
+        log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")
+        ray.init(
+            address="local",
+            num_cpus=self._num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        from tessera.serving.storage import ObjectStore
+
+        ObjectStore(config.storage).ensure_bucket()
+        log(f"starting the Serve application (gRPC on port {config.grpc.port})")
+        serve.start(grpc_options=grpc_options(config), http_options={"host": "127.0.0.1", "port": 0})
+        serve.run(build_app(config), name=config.app_name, route_prefix=f"/{config.app_name}")
+        return config
+
+    def restart_app(self) -> None:
+        """Tear down and redeploy the Serve application (the whole serving layer) on the same Ray."""
+        from ray import serve
+
+        from tessera.serving.app import build_app, grpc_options
+
+        serve.shutdown()
+        serve.start(grpc_options=grpc_options(self.config), http_options={"host": "127.0.0.1", "port": 0})
+        serve.run(build_app(self.config), name=self.config.app_name, route_prefix=f"/{self.config.app_name}")
+
+    def _embedded_storage(self) -> StorageConfig:
+        s3 = self.s3
+        return StorageConfig(
+            endpoint_url=s3.endpoint_url,
+            region="us-east-1",
+            bucket=s3.bucket,
+            access_key_id=s3.credentials.access_key_id,
+            secret_access_key=s3.credentials.secret_access_key,
+        )
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            if ray.is_initialized():
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
+        finally:
+            if self.s3 is not None:
+                self.s3.stop()
+
+
+class EmbeddedStack:
+    """The CLI's handle on a detached stack under ``home``."""
+
+    def __init__(self, home: Path, config_path: Path | None = None, grpc_port: int | None = None, s3_port: int | None = None):
+        self.home = Path(home)
+        self.config_path = config_path
+        self.grpc_port = grpc_port
+        self.s3_port = s3_port
+
+    @property
+    def state_path(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "logs" / "daemon.log"
+
+    def read_state(self) -> StackState | None:
+        state = StackState.load(self.state_path)
+        if state is not None and not _pid_alive(state.pid):
+            self.state_path.unlink(missing_ok=True)
+            return None
+        return state
+
+    def up(self, log: Callable[[str], None] = print, timeout_s: float = 300.0) -> StackState:
+        state = self.read_state()
+        if state is not None:
+            log(f"already running (pid {state.pid})")
+            return state
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "tessera.cluster.daemon", "--home", str(self.home)]
+        if self.config_path:
+            command += ["--config", str(Path(self.config_path).resolve())]
+        if self.grpc_port is not None:
+            command += ["--grpc-port", str(self.grpc_port)]
+        if self.s3_port is not None:
+            command += ["--s3-port", str(self.s3_port)]
+        log(f"starting the stack (log: {self.log_path})")
+        with open(self.log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the stack failed to start (exit {process.returncode}):\n{self._log_tail()}")
+            state = StackState.load(self.state_path)
+            if state is not None and state.pid == process.pid:
+                return state
+            time.sleep(0.5)
+        process.terminate()
+        raise TimeoutError(f"the stack did not become ready in {timeout_s:.0f} s:\n{self._log_tail()}")
+
+    def down(self, log: Callable[[str], None] = print, timeout_s: float = 90.0) -> None:
+        state = self.read_state()
+        if state is None:
+            log("not running")
+            return
+        log(f"stopping the stack (pid {state.pid})")
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(state.pid):
+            time.sleep(0.5)
+        if _pid_alive(state.pid):
+            log("the stack did not stop in time; killing its process group")
+            os.killpg(state.pid, signal.SIGKILL)
+        self.state_path.unlink(missing_ok=True)
+        log("stopped")
+
+    def status(self) -> dict:
+        state = self.read_state()
+        if state is None:
+            return {"running": False, "healthy": False}
+        report: dict = {"running": True, "pid": state.pid, "grpc": state.grpc_address, "s3": state.s3_endpoint,
+                        "bucket": state.bucket, "uptime_s": round(time.time() - state.started_at, 1)}
+        serve_status = self.home / "serve_status.json"
+        if serve_status.exists():
+            report.update(json.loads(serve_status.read_text()))
+        from tessera.serving.client import TesseraClient
+
+        with TesseraClient(state.grpc_address) as client:
+            try:
+                client.wait_until_ready(timeout_s=5)
+                report["healthy"] = True
+            except TimeoutError as error:
+                report["healthy"] = False
+                report["problem"] = str(error)
+        return report
+
+    def _log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

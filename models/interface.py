@@ -1,0 +1,237 @@
+"""The stage interface every model family implements.
+
+Tessera splits generation into stages that run in different Ray Serve
+deployments: text conditioning (PromptExpander), denoising (Denoiser) and the
+video autoencoder (Decoder). A deployment loads only the parts of a model its
+stage needs (``load_model(config, parts={"denoiser"})``), so a 14B transformer
+never sits in the decoder's memory and the VAE never sits in the denoiser's.
+
+Everything that crosses a deployment boundary is plain data defined here:
+tensors on the CPU, floats, strings. Shapes are written ``(C, T, H, W)`` for
+one video's latents (no batch axis): channels, latent frames, latent height,
+latent width.
+
+Conventions shared by all families:
+
+* Noise levels ``sigma`` run from 1.0 (pure noise) down to 0.0 (clean), and a
+  family's ``sigmas(steps)`` returns ``steps + 1`` descending values ending at
+  0.0. Rectified-flow families interpolate ``x = (1 - sigma) * x0 + sigma * noise``.
+* Frames are ``uint8`` tensors ``(T, H, W, 3)`` in RGB.
+* Initial noise comes from :func:`frame_noise`, seeded per latent frame, so any
+  time window of a long video can draw its own noise without materialising
+  the whole video's noise, and the result does not depend on how the video
+  is tiled.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+
+Part = Literal["text", "denoiser", "vae"]
+ALL_PARTS: frozenset[str] = frozenset({"text", "denoiser", "vae"})
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentGeometry:
+    """How pixels map to latents and latents to transformer tokens."""
+
+    latent_channels: int
+    spatial_factor: int
+    """Pixels per latent cell along height and width (the VAE's downsampling)."""
+    temporal_factor: int
+    """Pixel frames per latent frame after the first (causal VAE: the first frame is encoded alone)."""
+    patch_size: tuple[int, int, int]
+    """Latent cells per transformer token along (t, h, w)."""
+    native_window: int
+    """Latent frames the denoiser was trained on; long videos are tiled in windows of this length."""
+    decode_context: int
+    """Latent frames of causal context the VAE decoder needs before a time tile so that decoding
+    the tile reproduces the untiled decode (its temporal receptive field, in latent frames)."""
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this many pixels."""
+        return self.spatial_factor * max(self.patch_size[1], self.patch_size[2])
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames needed to produce at least ``num_frames`` pixel frames."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        return 1 + math.ceil((num_frames - 1) / self.temporal_factor)
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames the VAE decodes from ``latent_frames`` latent frames."""
+        if latent_frames < 1:
+            raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
+        return 1 + self.temporal_factor * (latent_frames - 1)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)`` of the latents for a video of the given pixel size."""
+        return (
+            self.latent_channels,
+            self.latent_frames(num_frames),
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLimits:
+    """What a deployed model accepts; the gateway validates requests against these."""
+
+    min_side: int
+    max_side: int
+    """Largest width or height of a video, in pixels."""
+    max_image_side: int
+    """Largest width or height of a single image (one-frame video), in pixels."""
+    min_fps: float
+    max_fps: float
+    default_fps: float
+    default_width: int
+    default_height: int
+    default_steps: int
+    max_steps: int
+    default_guidance_scale: float
+    max_prompt_tokens: int
+    """Longest text the text encoder reads; longer captions are truncated by the encoder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """Identity of a loaded model, recorded in every job's manifest."""
+
+    family: str
+    name: str
+    version: str
+    """Content hash of the weights, so two manifests name the same model only if the weights match."""
+    geometry: LatentGeometry
+    limits: ModelLimits
+
+
+@dataclasses.dataclass
+class TextConditioning:
+    """A prompt encoded for cross-attention."""
+
+    tokens: torch.Tensor  # (N, D) float
+    mask: torch.Tensor  # (N,) bool, True where a token is real
+
+
+@dataclasses.dataclass
+class FrameCondition:
+    """Latent frames given by the user (image, video to extend, loop ends...), kept clean.
+
+    ``mask[t] == 1`` marks latent frame ``t`` as given: its content is ``latents[:, t]``
+    and the sampler never changes it. Other frames of ``latents`` are ignored.
+    """
+
+    latents: torch.Tensor  # (C, T, H, W)
+    mask: torch.Tensor  # (T,) float in {0, 1}
+
+
+@dataclasses.dataclass
+class DenoiseWork:
+    """One time window of one video to advance through one or more noise levels.
+
+    The denoiser is stateless: everything it needs travels in this record, so any
+    replica can advance any window of any job at any step.
+    """
+
+    latents: torch.Tensor  # (C, T, H, W) at noise level sigmas[0]
+    sigmas: tuple[float, ...]
+    """Noise levels to pass through, descending; advances ``len(sigmas) - 1`` sampler steps."""
+    text: TextConditioning
+    negative_text: TextConditioning | None
+    """Unconditional branch of classifier-free guidance (the encoded negative prompt, or empty prompt)."""
+    guidance_scale: float
+    fps: float
+    frames: FrameCondition | None = None
+    sampler: Literal["euler", "heun"] = "euler"
+
+
+class VideoModel(abc.ABC):
+    """One model family, split into the stages Tessera's deployments run.
+
+    Methods of a part that was not loaded raise :class:`PartNotLoadedError`.
+    """
+
+    card: ModelCard
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        return self.card.geometry
+
+    # -- prompt expansion and text conditioning (part "text") -------------------------
+    @abc.abstractmethod
+    def expand(self, prompt: str) -> str:
+        """Deterministic built-in re-captioning: a short prompt to the detailed caption style
+        this family was trained on. Needs no weights."""
+
+    @abc.abstractmethod
+    def encode_text(self, prompts: list[str]) -> list[TextConditioning]:
+        """Encode captions for cross-attention (part "text")."""
+
+    # -- denoising (part "denoiser") ---------------------------------------------------
+    @abc.abstractmethod
+    def sigmas(self, steps: int) -> list[float]:
+        """The sampler's noise schedule: ``steps + 1`` descending levels from 1.0 to 0.0. Needs no weights."""
+
+    @abc.abstractmethod
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Noise clean latents to level ``sigma`` (SDEdit, training). Needs no weights."""
+
+    @abc.abstractmethod
+    def step(self, work: list[DenoiseWork]) -> list[torch.Tensor]:
+        """Advance each work item from ``sigmas[0]`` to ``sigmas[-1]`` (part "denoiser").
+
+        Returns the new latents ``(C, T, H, W)`` of each item, in order. Given frames
+        (``work.frames``) come back exactly as given.
+        """
+
+    # -- video autoencoder (part "vae") ------------------------------------------------
+    @abc.abstractmethod
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(T, H, W, 3)`` uint8 frames to latents ``(C, T', H', W')`` (part "vae")."""
+
+    @abc.abstractmethod
+    def decode_latents(self, latents: torch.Tensor, context_frames: int = 0) -> torch.Tensor:
+        """Latents ``(C, T, H, W)`` to uint8 frames ``(T_out, H*s, W*s, 3)`` (part "vae").
+
+        The first ``context_frames`` latent frames are temporal context only (the tail of
+        the previous tile when decoding in time tiles): their pixels are not returned, and
+        the frames that are returned match an untiled decode of the whole video within
+        the family's documented tolerance.
+        """
+
+
+class PartNotLoadedError(RuntimeError):
+    """A stage method was called on a model loaded without that part."""
+
+
+def splitmix64(value: int) -> int:
+    """A well-mixed 64-bit hash of an integer (SplitMix64), to derive per-frame seeds."""
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return value ^ (value >> 31)
+
+
+def frame_noise(seed: int, start: int, stop: int, frame_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Standard normal noise for latent frames ``start .. stop - 1`` of a video.
+
+    Each latent frame draws from its own generator seeded by ``(seed, frame index)``,
+    so the noise of a frame is the same whichever window asks for it.
+
+    Returns ``(C, stop - start, H, W)`` float32 on the CPU, for ``frame_shape = (C, H, W)``.
+    """
+    if not 0 <= start < stop:
+        raise ValueError(f"need 0 <= start < stop, got start={start} stop={stop}")
+    frames = []
+    for index in range(start, stop):
+        generator = torch.Generator().manual_seed(splitmix64(splitmix64(seed) ^ index) & 0x7FFFFFFFFFFFFFFF)
+        frames.append(torch.randn(frame_shape, generator=generator, dtype=torch.float32))
+    return torch.stack(frames, dim=1)

@@ -1,0 +1,21 @@
+"""Load a model family by config, with only the parts a stage needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tessera.models.config import ModelConfig
+from tessera.models.interface import ALL_PARTS, VideoModel
+
+
+def load_model(config: ModelConfig, parts: Iterable[str] = ALL_PARTS) -> VideoModel:
+    """Build the model family named by ``config`` with the given parts loaded."""
+    parts = frozenset(parts)
+    unknown = parts - ALL_PARTS
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; expected a subset of {sorted(ALL_PARTS)}")
+    if config.family == "native":
+        from tessera.models.native.pipeline import NativeVideoModel
+
+        return NativeVideoModel.load(config, parts)
+    raise ValueError(f"unknown model family {config.family!r}")

@@ -1,0 +1,97 @@
+"""Between the wire (``tessera.v1`` protobuf messages) and Tessera's plain records."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tessera.serving.api import tessera_pb2 as pb
+from tessera.serving.jobs.records import JobRecord, JobState, Progress, Stage
+from tessera.serving.jobs.spec import GenerationRequest
+from tessera.serving.storage import ObjectStore
+
+
+def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
+    """proto3 scalars have no 'unset': zero means 'use the default' except where the field is optional."""
+    return GenerationRequest(
+        prompt=message.prompt,
+        negative_prompt=message.negative_prompt,
+        duration_s=message.duration_s or None,
+        num_frames=message.num_frames or None,
+        width=message.width or None,
+        height=message.height or None,
+        fps=message.fps or None,
+        seed=message.seed if message.HasField("seed") else None,
+        steps=message.steps or None,
+        guidance_scale=message.guidance_scale if message.HasField("guidance_scale") else None,
+        idempotency_key=message.idempotency_key,
+        priority=message.priority,
+        skip_prompt_expansion=message.skip_prompt_expansion,
+    )
+
+
+def request_to_proto(request: GenerationRequest) -> pb.GenerateRequest:
+    fields = request.model_dump(exclude_none=True)
+    return pb.GenerateRequest(**fields)
+
+
+def state_to_proto(state: JobState) -> int:
+    return pb.JobState.Value(state.value)
+
+
+def state_from_proto(value: int) -> JobState | None:
+    if value == pb.JOB_STATE_UNSPECIFIED:
+        return None
+    return JobState(pb.JobState.Name(value))
+
+
+def progress_to_proto(progress: Progress) -> pb.Progress:
+    return pb.Progress(
+        stage=pb.Stage.Value(f"STAGE_{progress.stage.value}"),
+        step=progress.step,
+        total_steps=progress.total_steps,
+        segments_done=progress.segments_done,
+        total_segments=progress.total_segments,
+        fraction=progress.fraction,
+    )
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def job_to_proto(record: JobRecord, store: ObjectStore) -> pb.Job:
+    """A job for the caller; presigned URLs are signed afresh on every answer."""
+    spec = record.spec
+    job = pb.Job(
+        job_id=record.job_id,
+        state=state_to_proto(record.state),
+        progress=progress_to_proto(record.progress),
+        expanded_prompt=record.expanded_prompt,
+        seed=spec.seed,
+        timings=pb.StageTimings(**record.timings.model_dump()),
+        request=request_to_proto(record.request),
+        created_at=_timestamp(record.created_at),
+        updated_at=_timestamp(record.updated_at),
+        model=record.model,
+        width=spec.width,
+        height=spec.height,
+        num_frames=spec.num_frames,
+        fps=spec.fps,
+        duration_s=spec.duration_s,
+    )
+    if record.state == JobState.SUCCEEDED:
+        job.video_uri = store.uri(record.video_key)
+        job.video_url = store.presign_get(record.video_key)
+        job.poster_uri = store.uri(record.poster_key)
+        job.poster_url = store.presign_get(record.poster_key)
+        job.manifest_uri = store.uri(record.manifest_key)
+    if record.state == JobState.FAILED:
+        job.error.code = record.error_code
+        job.error.message = record.error_message
+    return job
+
+
+def stage_name(value: int) -> str:
+    return Stage(pb.Stage.Name(value).removeprefix("STAGE_")).value if value else "UNSPECIFIED"

@@ -1,0 +1,47 @@
+"""Build the Ray Serve application from a :class:`TesseraConfig`.
+
+    Gateway (gRPC ingress) ──► PromptExpander
+                           ├─► Denoiser   (stateless step server, the GPU stage)
+                           └─► Decoder    (VAE decode + H.264 of time tiles)
+
+For ``serve run`` / ``serve deploy`` the import path is ``tessera.serving.app:build``, with
+``args: {config: path/to/tessera.yaml}`` (see ``deploy/serve.yaml``).
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.config import gRPCOptions
+
+from tessera.serving.config import TesseraConfig
+from tessera.serving.decoder import Decoder
+from tessera.serving.denoiser import Denoiser
+from tessera.serving.gateway import Gateway
+from tessera.serving.prompt_expander import PromptExpander
+
+GRPC_SERVICER = "tessera.serving.api.tessera_pb2_grpc.add_VideoGenerationServicer_to_server"
+
+
+def build_app(config: TesseraConfig) -> serve.Application:
+    """The four deployments, each sized by its entry in ``config.deployments``."""
+    d = config.deployments
+    expander = PromptExpander.options(name="PromptExpander", **d.prompt_expander.serve_options()).bind(
+        config.model, d.prompt_expander.threads
+    )
+    denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(config.model, d.denoiser.threads)
+    decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(
+        config.model, config.video, d.decoder.threads
+    )
+    return Gateway.options(name="Gateway", **d.gateway.serve_options()).bind(config, expander, denoiser, decoder)
+
+
+def grpc_options(config: TesseraConfig) -> gRPCOptions:
+    return gRPCOptions(port=config.grpc.port, grpc_servicer_functions=[GRPC_SERVICER])
+
+
+def build(args: dict) -> serve.Application:
+    """Application builder for ``serve run``/``serve deploy``: ``args: {config: <yaml path>}``."""
+    unknown = set(args) - {"config"}
+    if unknown or "config" not in args:
+        raise ValueError(f"expected args {{config: <path to tessera.yaml>}}, got {sorted(args)}")
+    return build_app(TesseraConfig.from_file(args["config"]))

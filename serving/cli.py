@@ -1,0 +1,290 @@
+"""``tessera``: run the embedded stack, generate videos, manage jobs.
+
+    tessera up                      start Ray, the S3 server and the Serve app; stay running
+    tessera status                  what runs, and each deployment's replicas
+    tessera generate "a red circle moving right" --duration 2 --out clip.mp4
+    tessera jobs list | get ID | watch ID | cancel ID
+    tessera down                    stop everything `up` started
+    tessera run "prompt"            the one-shot demo: up, generate, print, down
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from tessera.serving.api import tessera_pb2 as pb
+
+DEFAULT_HOME = Path(os.environ.get("TESSERA_HOME", Path.home() / ".tessera"))
+_STAGE_WORDS = {
+    pb.STAGE_QUEUED: "queued",
+    pb.STAGE_EXPANDING_PROMPT: "expanding prompt",
+    pb.STAGE_DENOISING: "denoising",
+    pb.STAGE_DECODING: "decoding",
+    pb.STAGE_FINALIZING: "finalizing",
+    pb.STAGE_DONE: "done",
+}
+
+
+class ProgressBar:
+    """One self-rewriting line on stderr, driven by the progress stream."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream = stream
+        self.width = width
+        self.started = time.monotonic()
+        self.interactive = stream.isatty()
+        self._last_line = ""
+
+    def __call__(self, progress: pb.Progress) -> None:
+        filled = int(round(progress.fraction * self.width))
+        detail = _STAGE_WORDS.get(progress.stage, "")
+        if progress.stage == pb.STAGE_DENOISING and progress.total_steps:
+            detail += f" step {progress.step}/{progress.total_steps}"
+        if progress.stage == pb.STAGE_DECODING and progress.total_segments:
+            detail += f" segment {progress.segments_done}/{progress.total_segments}"
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {progress.fraction * 100:5.1f}% {detail} ({time.monotonic() - self.started:.1f} s)"
+        if self.interactive:
+            self.stream.write("\r" + line.ljust(len(self._last_line)))
+        elif detail != self._last_line.split("%", 1)[-1].split("(")[0].strip():
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self._last_line = line
+
+    def finish(self) -> None:
+        if self.interactive and self._last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _job_dict(job: pb.Job) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(job, preserving_proto_field_name=True)
+
+
+def _print_result(job: pb.Job, out: Path | None) -> None:
+    print(f"job:       {job.job_id} ({pb.JobState.Name(job.state)})")
+    print(f"caption:   {job.expanded_prompt}")
+    print(f"video:     {job.video_uri}")
+    print(f"url:       {job.video_url}")
+    print(f"poster:    {job.poster_uri}")
+    print(f"manifest:  {job.manifest_uri}")
+    if out is not None:
+        print(f"local:     {out.resolve()}")
+    t = job.timings
+    print(
+        f"timings:   total {t.total_s:.2f} s (queued {t.queued_s:.2f}, expand {t.expand_s:.2f}, "
+        f"denoise {t.denoise_s:.2f}, decode {t.decode_s:.2f}, finalize {t.finalize_s:.2f})"
+    )
+
+
+def _client(args):
+    from tessera.serving.client import TesseraClient
+
+    return TesseraClient(args.address or _stack_address(args.home), api_key=args.api_key)
+
+
+def _stack_address(home: Path) -> str:
+    from tessera.cluster.stack import EmbeddedStack
+
+    state = EmbeddedStack(home).read_state()
+    return state.grpc_address if state else "127.0.0.1:9000"
+
+
+def _generation_fields(args) -> dict:
+    fields = {}
+    for name, value in (
+        ("duration_s", args.duration), ("num_frames", args.frames), ("width", args.width), ("height", args.height),
+        ("fps", args.fps), ("seed", args.seed), ("steps", args.steps), ("guidance_scale", args.guidance),
+    ):
+        if value is not None:
+            fields[name] = value
+    if args.negative:
+        fields["negative_prompt"] = args.negative
+    if args.idempotency_key:
+        fields["idempotency_key"] = args.idempotency_key
+    if args.priority:
+        fields["priority"] = args.priority
+    if args.no_expand:
+        fields["skip_prompt_expansion"] = True
+    return fields
+
+
+def cmd_generate(args) -> int:
+    from tessera.serving.client import TesseraError
+
+    bar = ProgressBar()
+    with _client(args) as client:
+        try:
+            job = client.generate(args.prompt, on_progress=None if args.quiet else bar, **_generation_fields(args))
+        except TesseraError as error:
+            bar.finish()
+            print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+            return 1
+        bar.finish()
+        out = None
+        if args.out:
+            out = client.download(job, args.out)
+    if args.json:
+        print(json.dumps(_job_dict(job), indent=2))
+    else:
+        _print_result(job, out)
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from tessera.serving.client import TesseraError
+
+    with _client(args) as client:
+        try:
+            if args.jobs_command == "list":
+                state = pb.JobState.Value(args.state) if args.state else pb.JOB_STATE_UNSPECIFIED
+                page = client.list(page_size=args.limit, page_token=args.page_token or "", state=state)
+                if args.json:
+                    print(json.dumps({"jobs": [_job_dict(j) for j in page.jobs], "next_page_token": page.next_page_token}, indent=2))
+                else:
+                    for job in page.jobs:
+                        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at.seconds))
+                        print(f"{job.job_id}  {pb.JobState.Name(job.state):9}  {created}  {job.duration_s:5.1f}s  {job.request.prompt[:60]}")
+                    if page.next_page_token:
+                        print(f"(more: --page-token {page.next_page_token})")
+            elif args.jobs_command == "get":
+                print(json.dumps(_job_dict(client.get(args.job_id)), indent=2))
+            elif args.jobs_command == "watch":
+                bar = ProgressBar()
+                job = client.wait(args.job_id, on_progress=bar)
+                bar.finish()
+                _print_result(job, None)
+            elif args.jobs_command == "cancel":
+                job = client.cancel(args.job_id)
+                print(f"{job.job_id}: {pb.JobState.Name(job.state)}")
+        except TesseraError as error:
+            print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_up(args) -> int:
+    from tessera.cluster.stack import EmbeddedStack
+
+    stack = EmbeddedStack(args.home, config_path=args.config, grpc_port=args.grpc_port, s3_port=args.s3_port)
+    state = stack.up(log=print)
+    print(f"gRPC:      {state.grpc_address}")
+    print(f"S3:        {state.s3_endpoint or '(configured store)'} bucket {state.bucket}")
+    print(f"home:      {args.home}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from tessera.cluster.stack import EmbeddedStack
+
+    EmbeddedStack(args.home).down(log=print)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tessera.cluster.stack import EmbeddedStack
+
+    report = EmbeddedStack(args.home).status()
+    print(json.dumps(report, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    return 0 if report.get("healthy") else 1
+
+
+def cmd_run(args) -> int:
+    """The README's main job: make sure the stack runs, render, print where the video is."""
+    from tessera.cluster.stack import EmbeddedStack
+
+    stack = EmbeddedStack(args.home, config_path=args.config, grpc_port=args.grpc_port, s3_port=args.s3_port)
+    started_here = stack.read_state() is None
+    stack.up(log=print)
+    try:
+        if args.out is None:
+            args.out = str(args.home / "outputs" / "tessera-demo.mp4")
+        args.address = stack.read_state().grpc_address
+        return cmd_generate(args)
+    finally:
+        if started_here and not args.keep:
+            stack.down(log=print)
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="what to render")
+    parser.add_argument("--duration", type=float, help="seconds (or --frames)")
+    parser.add_argument("--frames", type=int, help="number of frames (or --duration)")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--fps", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--negative", help="negative prompt")
+    parser.add_argument("--idempotency-key")
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--no-expand", action="store_true", help="skip prompt expansion")
+    parser.add_argument("--out", help="download the video to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the job as JSON")
+
+
+def _add_stack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="Tessera YAML config (default: the embedded CPU stack)")
+    parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 9000)")
+    parser.add_argument("--s3-port", type=int, default=None, help="embedded S3 server port (default 9010)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description="Elastic text-to-video on Ray Serve.")
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"state folder of the embedded stack (default {DEFAULT_HOME}; env TESSERA_HOME)")
+    parser.add_argument("--address", help="gRPC address (default: the embedded stack's)")
+    parser.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"), help="API key (env TESSERA_API_KEY)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the embedded stack and leave it running")
+    _add_stack_options(up)
+    up.set_defaults(func=cmd_up)
+    commands.add_parser("down", help="stop the embedded stack").set_defaults(func=cmd_down)
+    status = commands.add_parser("status", help="health of the embedded stack")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    generate = commands.add_parser("generate", help="render a video and wait for it")
+    _add_generation_options(generate)
+    generate.set_defaults(func=cmd_generate)
+
+    run = commands.add_parser("run", help="one-shot: start the stack if needed, render, print, stop what it started")
+    _add_generation_options(run)
+    _add_stack_options(run)
+    run.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    run.set_defaults(func=cmd_run)
+
+    jobs = commands.add_parser("jobs", help="manage jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = jobs_commands.add_parser("list", help="newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--page-token")
+    listing.add_argument("--state", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    listing.add_argument("--json", action="store_true")
+    for name, text in (("get", "show a job as JSON"), ("watch", "follow a job to its end"), ("cancel", "cancel a job")):
+        jobs_commands.add_parser(name, help=text).add_argument("job_id")
+    jobs.set_defaults(func=cmd_jobs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, ValueError, TimeoutError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Tessera's application config: one strict, validated document for the whole Serve app.
+
+Every deployment's resources, replica counts and autoscaling bounds, the storage endpoint,
+the model and the request limits come from here, never from literals in code. The defaults
+are the embedded single-machine stack (CPU, one replica each, local S3 server); production
+configs (``deploy/``) override the same fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from tessera.models.config import ModelConfig
+from tessera.serving.jobs.planner import TilingOptions
+from tessera.serving.storage import StorageConfig
+from tessera.serving.video import VideoEncodingConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling bounds for one deployment."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept even when idle.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound; every replica must fit the cluster's resources.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start; None: min_replicas.")
+    target_ongoing_requests: float = Field(
+        1.0, gt=0, description="Requests in flight per replica that the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(2.0, ge=0, description="Sustained load needed before adding replicas.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Sustained idleness needed before removing replicas.")
+    metrics_interval_s: float = Field(1.0, gt=0, description="How often replicas report load.")
+    look_back_period_s: float = Field(5.0, gt=0, description="Window over which load is averaged.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """Resources and scaling of one Serve deployment."""
+
+    num_cpus: float = Field(..., ge=0, description="CPUs reserved per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica (fractions allowed); 0 on CPU.")
+    memory_bytes: int | None = Field(None, ge=0, description="Memory reserved per replica for scheduling; None: no reservation.")
+    num_replicas: int | None = Field(
+        1, ge=1, description="Fixed replica count. Set to None and give `autoscaling` to autoscale."
+    )
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling bounds; exclusive with num_replicas.")
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests waiting for a replica before callers get back-pressure; -1: unbounded."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per replica; None: derived from num_cpus (at least 1)."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> DeploymentConfig:
+        if (self.num_replicas is None) == (self.autoscaling is None):
+            raise ValueError("set exactly one of num_replicas and autoscaling")
+        return self
+
+    @property
+    def threads(self) -> int:
+        """torch threads for a replica: explicit, or the whole CPUs it reserved."""
+        return self.torch_threads or max(1, int(self.num_cpus))
+
+    def serve_options(self) -> dict:
+        """Keyword arguments for ``Deployment.options``."""
+        actor_options: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            actor_options["memory"] = self.memory_bytes
+        options: dict = {
+            "ray_actor_options": actor_options,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class DeploymentsConfig(_Strict):
+    """One entry per Serve deployment."""
+
+    gateway: DeploymentConfig = Field(
+        DeploymentConfig(num_cpus=0.25, max_ongoing_requests=256, max_queued_requests=64),
+        description="gRPC ingress and job runner (light: moves data, muxes video tiles).",
+    )
+    prompt_expander: DeploymentConfig = Field(
+        DeploymentConfig(num_cpus=0.25, max_ongoing_requests=16),
+        description="Re-captioning and text encoding.",
+    )
+    denoiser: DeploymentConfig = Field(
+        DeploymentConfig(num_cpus=1.0, max_ongoing_requests=4),
+        description="Stateless diffusion step server (the GPU stage).",
+    )
+    decoder: DeploymentConfig = Field(
+        DeploymentConfig(num_cpus=0.5, max_ongoing_requests=4),
+        description="Video VAE decoding and H.264 encoding of time tiles.",
+    )
+
+
+class GrpcConfig(_Strict):
+    """Ray Serve's gRPC proxy."""
+
+    port: int = Field(9000, ge=1, le=65535, description="Port of the gRPC proxy on every node (insecure; see deploy/ for TLS).")
+    host: str = Field("127.0.0.1", description="Address clients use to reach the proxy (printed by the CLI).")
+
+
+class LimitsConfig(_Strict):
+    """Request limits enforced by the gateway before any model work (within the model's own limits)."""
+
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt or negative prompt accepted.")
+    min_duration_s: float = Field(0.0, ge=0, description="Shortest video accepted (0: a single frame is fine).")
+    max_duration_s: float = Field(60.0, gt=0, description="Longest video accepted.")
+    default_duration_s: float = Field(2.0, gt=0, description="Duration when a request gives neither duration nor frames.")
+    default_width: int | None = Field(None, ge=1, description="Width when a request gives none; None: the model's default.")
+    default_height: int | None = Field(None, ge=1, description="Height when a request gives none; None: the model's default.")
+    max_idempotency_key_chars: int = Field(128, ge=1, description="Longest idempotency key accepted.")
+
+
+class JobsConfig(_Strict):
+    """The gateway's job queue."""
+
+    max_queued_jobs: int = Field(64, ge=1, description="Jobs waiting per gateway replica; beyond it SubmitJob/Generate get RESOURCE_EXHAUSTED.")
+    max_running_jobs: int = Field(2, ge=1, description="Jobs one gateway replica renders at once; others wait queued.")
+    progress_flush_s: float = Field(2.0, gt=0, description="Shortest interval between progress writes to a job's S3 record.")
+    watch_poll_s: float = Field(0.5, gt=0, description="Poll interval when watching a job another gateway replica runs.")
+
+
+class TilingConfig(_Strict):
+    """Time tiling of long videos (DESIGN.md §2)."""
+
+    window_frames: int | None = Field(None, ge=1, description="Latent frames per denoising window; None: the model's native window.")
+    min_overlap_frames: int = Field(2, ge=0, description="Fewest latent frames neighbouring windows share (fused with ramp weights).")
+    sync_every_steps: int = Field(1, ge=1, description="Sampler steps between fusions of overlapping windows (1: tightest coupling).")
+    decode_tile_frames: int | None = Field(None, ge=1, description="Latent frames per decode tile; None: the model's native window.")
+    decode_ahead: int = Field(4, ge=1, description="Decode tiles in flight at once per job (bounds memory; spreads over Decoder replicas).")
+
+    def options(self, geometry) -> TilingOptions:
+        window = self.window_frames or geometry.native_window
+        if self.min_overlap_frames >= window:
+            raise ValueError(f"tiling.min_overlap_frames ({self.min_overlap_frames}) must be below the window ({window} latent frames)")
+        return TilingOptions(
+            window=window,
+            min_overlap=self.min_overlap_frames,
+            sync_every=self.sync_every_steps,
+            decode_tile=self.decode_tile_frames or geometry.native_window,
+            decode_context=geometry.decode_context,
+        )
+
+
+class AuthConfig(_Strict):
+    """API keys. With no keys configured every caller is the `default_tenant`."""
+
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Tenant name to API key. Callers send the key in the `x-api-key` metadata.",
+    )
+    default_tenant: str = Field(
+        "default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Tenant of unauthenticated callers when no keys are configured."
+    )
+
+    @model_validator(mode="after")
+    def _tenant_names(self) -> AuthConfig:
+        import re
+
+        for tenant in self.api_keys:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", tenant):
+                raise ValueError(f"tenant name {tenant!r} must match [a-z0-9][a-z0-9_-]{{0,62}} (it becomes an S3 key prefix)")
+        return self
+
+
+class ExpansionConfig(_Strict):
+    """Prompt expansion (re-captioning) backend."""
+
+    backend: Literal["builtin"] = Field("builtin", description="'builtin': the model family's deterministic re-captioner.")
+
+
+class TesseraConfig(_Strict):
+    """The whole application."""
+
+    app_name: str = Field("tessera", description="Ray Serve application name.")
+    grpc: GrpcConfig = Field(GrpcConfig(), description="gRPC proxy settings.")
+    storage: StorageConfig = Field(..., description="S3-compatible object store for outputs and job records.")
+    model: ModelConfig = Field(ModelConfig(), description="Model family and weights, shared by every stage.")
+    deployments: DeploymentsConfig = Field(DeploymentsConfig(), description="Resources and scaling per deployment.")
+    limits: LimitsConfig = Field(LimitsConfig(), description="Request limits.")
+    jobs: JobsConfig = Field(JobsConfig(), description="Job queue of each gateway replica.")
+    tiling: TilingConfig = Field(TilingConfig(), description="Time tiling of denoising and decoding.")
+    video: VideoEncodingConfig = Field(VideoEncodingConfig(), description="H.264 encoding.")
+    auth: AuthConfig = Field(AuthConfig(), description="API keys and tenants.")
+    expansion: ExpansionConfig = Field(ExpansionConfig(), description="Prompt expansion backend.")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TesseraConfig:
+        """Load a YAML (or JSON) config file."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+        return cls.model_validate(data or {})
+
+    def to_yaml(self) -> str:
+        """The config as YAML with secrets revealed (to write a Serve config file)."""
+
+        def reveal(value):
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if isinstance(value, dict):
+                return {k: reveal(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [reveal(v) for v in value]
+            if isinstance(value, Path):
+                return str(value)
+            return value
+
+        return yaml.safe_dump(reveal(self.model_dump(mode="python")), sort_keys=False)

@@ -1,0 +1,48 @@
+"""Denoiser stage: a stateless step server.
+
+A call carries one time window of one video (latents, noise levels, conditioning, guidance,
+given frames) and streams back progress after every sampler step, then the advanced latents.
+Nothing stays on the replica between calls, so any replica can take any window of any job at
+any step: long videos spread over all replicas, and a new replica helps in-flight jobs at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from tessera.models.config import ModelConfig
+from tessera.models.interface import DenoiseWork
+from tessera.models.registry import load_model
+from tessera.serving.stages import DenoiseUpdate, ModelThread
+
+
+class DenoiserEngine:
+    def __init__(self, model_config: ModelConfig, threads: int | None = None):
+        self._thread = ModelThread(threads)
+        self.model = load_model(model_config, parts={"denoiser"})
+
+    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
+        steps = len(work.sigmas) - 1
+        if steps < 1:
+            raise ValueError(f"a work item needs at least two noise levels, got {work.sigmas}")
+        latents = work.latents
+        for index in range(steps):
+            item = dataclasses.replace(work, latents=latents, sigmas=tuple(work.sigmas[index : index + 2]))
+            [latents] = await self._thread.run(self.model.step, [item])
+            last = index == steps - 1
+            yield DenoiseUpdate(steps_done=index + 1, latents=latents if last else None)
+
+
+@serve.deployment
+class Denoiser:
+    """Serve shim around :class:`DenoiserEngine`."""
+
+    def __init__(self, model_config: ModelConfig, threads: int | None = None):
+        self.engine = DenoiserEngine(model_config, threads)
+
+    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
+        async for update in self.engine.advance(work):
+            yield update

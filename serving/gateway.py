@@ -1,0 +1,123 @@
+"""Gateway: the gRPC ingress deployment (``tessera.v1.VideoGeneration`` behind Ray Serve's proxy).
+
+A thin shim: authenticate, convert messages, call the :class:`JobManager`, and map every
+failure to a gRPC status with a specific message. Ray Serve would report an unhandled
+exception as INTERNAL with a Ray traceback, so nothing escapes these methods unmapped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from ray import serve
+
+from tessera.models.registry import load_model
+from tessera.serving.api import tessera_pb2 as pb
+from tessera.serving.api.convert import job_to_proto, progress_to_proto, request_from_proto, state_from_proto
+from tessera.serving.auth import Authenticator
+from tessera.serving.config import TesseraConfig
+from tessera.serving.errors import InvalidRequestError, TesseraError
+from tessera.serving.jobs.manager import JobManager, describe_failure
+from tessera.serving.jobs.records import JobState, is_job_id
+from tessera.serving.stages import ServeStages
+from tessera.serving.storage import ObjectStore
+
+logger = logging.getLogger("tessera.gateway")
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+def _set_error(grpc_context, error: BaseException) -> None:
+    failure = describe_failure(error)
+    if not isinstance(error, TesseraError):
+        logger.exception("unexpected error in the gateway", exc_info=error)
+    grpc_context.set_code(failure.code)
+    grpc_context.set_details(failure.message)
+
+
+@serve.deployment
+class Gateway:
+    async def __init__(self, config: TesseraConfig, expander, denoiser, decoder):
+        logging.basicConfig(level=logging.INFO)
+        self.config = config
+        self.store = ObjectStore(config.storage)
+        self.auth = Authenticator(config.auth)
+        model = load_model(config.model, parts=())  # card and schedule only: no weights here
+        self.manager = JobManager(config, model, ServeStages(expander, denoiser, decoder), self.store)
+        await self.manager.start()
+
+    def _tenant(self, grpc_context) -> str:
+        return self.auth.tenant(dict(grpc_context.invocation_metadata()))
+
+    async def SubmitJob(self, request: pb.GenerateRequest, grpc_context) -> pb.Job:
+        try:
+            record = await self.manager.submit(self._tenant(grpc_context), request_from_proto(request))
+            return job_to_proto(record, self.store)
+        except BaseException as error:
+            _set_error(grpc_context, error)
+            return pb.Job()
+
+    async def Generate(self, request: pb.GenerateRequest, grpc_context):
+        try:
+            tenant = self._tenant(grpc_context)
+            record = await self.manager.submit(tenant, request_from_proto(request))
+            async for event in self._events(tenant, record.job_id, grpc_context):
+                yield event
+        except BaseException as error:
+            _set_error(grpc_context, error)
+
+    async def WatchJob(self, request: pb.WatchJobRequest, grpc_context):
+        try:
+            async for event in self._events(self._tenant(grpc_context), request.job_id, grpc_context):
+                yield event
+        except BaseException as error:
+            _set_error(grpc_context, error)
+
+    async def _events(self, tenant: str, job_id: str, grpc_context):
+        """Progress events, then the final job; a failed or cancelled job also ends with its status."""
+        async for event in self.manager.watch(tenant, job_id):
+            if event.record is None:
+                yield pb.GenerateEvent(job_id=job_id, progress=progress_to_proto(event.progress))
+                continue
+            yield pb.GenerateEvent(job_id=job_id, job=job_to_proto(event.record, self.store))
+            if event.record.state == JobState.FAILED:
+                grpc_context.set_code(getattr(grpc.StatusCode, event.record.error_code, grpc.StatusCode.INTERNAL))
+                grpc_context.set_details(event.record.error_message)
+            elif event.record.state == JobState.CANCELLED:
+                grpc_context.set_code(grpc.StatusCode.CANCELLED)
+                grpc_context.set_details(f"job {job_id} was cancelled")
+
+    async def GetJob(self, request: pb.GetJobRequest, grpc_context) -> pb.Job:
+        try:
+            record = await self.manager.get(self._tenant(grpc_context), request.job_id)
+            return job_to_proto(record, self.store)
+        except BaseException as error:
+            _set_error(grpc_context, error)
+            return pb.Job()
+
+    async def CancelJob(self, request: pb.CancelJobRequest, grpc_context) -> pb.Job:
+        try:
+            record = await self.manager.cancel(self._tenant(grpc_context), request.job_id)
+            return job_to_proto(record, self.store)
+        except BaseException as error:
+            _set_error(grpc_context, error)
+            return pb.Job()
+
+    async def ListJobs(self, request: pb.ListJobsRequest, grpc_context) -> pb.ListJobsResponse:
+        try:
+            tenant = self._tenant(grpc_context)
+            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+                raise InvalidRequestError(f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
+            if request.page_token and not is_job_id(request.page_token):
+                raise InvalidRequestError("page_token is not one this API returned")
+            if request.state not in pb.JobState.values():
+                raise InvalidRequestError(f"unknown job state {request.state}")
+            records, token = await self.manager.list(
+                tenant, request.page_size or DEFAULT_PAGE_SIZE, request.page_token, state_from_proto(request.state)
+            )
+            return pb.ListJobsResponse(jobs=[job_to_proto(r, self.store) for r in records], next_page_token=token)
+        except BaseException as error:
+            _set_error(grpc_context, error)
+            return pb.ListJobsResponse()

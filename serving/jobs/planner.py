@@ -1,0 +1,197 @@
+"""Plan a render: latent grid, denoising windows in time, fusion weights, decode tiles.
+
+Pure (plain data in, plain data out; no Ray, no torch), so every duration from one frame to
+60 s is unit-tested in milliseconds.
+
+Time tiling (DESIGN.md §2): a video of ``F`` latent frames is covered by windows of the
+denoiser's native length ``W`` that overlap by at least ``O`` frames. Windows are spread
+evenly over the video so every overlap is about the same length. Each sampler step (or every
+``sync_every`` steps) every window is advanced on whichever replica is free, then the
+overlapping frames are fused with trapezoid weights (MultiDiffusion): a window's weight ramps
+up across its leading overlap and down across its trailing one, and the weights of all windows
+covering a frame are normalised to sum to one. Video edges get no ramp.
+
+Decoding is tiled the same way, with exact causal context instead of blending: tile ``i``
+owns latent frames ``[start, stop)`` and is decoded together with up to ``context`` latent
+frames before it, whose pixels are dropped. A causal decoder whose receptive field fits in that
+context reproduces the untiled decode, so tiles are simply concatenated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tessera.models.interface import LatentGeometry
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A time window of latent frames ``[start, stop)`` advanced as one denoiser work item."""
+
+    index: int
+    start: int
+    stop: int
+    weights: tuple[float, ...]
+    """Fusion weight of each of the window's frames; over all windows they sum to 1 per frame."""
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeTile:
+    """Latent frames ``[start, stop)`` decoded with ``context`` earlier frames as causal context."""
+
+    index: int
+    start: int
+    stop: int
+    context: int
+    first_frame: int
+    """Index in the output video of the tile's first pixel frame."""
+    num_frames: int
+    """Pixel frames the tile contributes (the last tile is trimmed to the requested length)."""
+
+    @property
+    def input_start(self) -> int:
+        return self.start - self.context
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingOptions:
+    """How to cut a video into windows and tiles (from the app config, resolved against the model)."""
+
+    window: int
+    """Latent frames per denoising window."""
+    min_overlap: int
+    """Fewest latent frames two neighbouring windows share."""
+    sync_every: int
+    """Sampler steps each window advances between fusions."""
+    decode_tile: int
+    """Latent frames each decode tile owns."""
+    decode_context: int
+    """Latent frames of causal context before each decode tile."""
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1 latent frame, got {self.window}")
+        if not 0 <= self.min_overlap < self.window:
+            raise ValueError(f"min_overlap must be in [0, window), got {self.min_overlap} with window {self.window}")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
+        if self.decode_tile < 1:
+            raise ValueError(f"decode_tile must be >= 1, got {self.decode_tile}")
+        if self.decode_context < 0:
+            raise ValueError(f"decode_context must be >= 0, got {self.decode_context}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderPlan:
+    """Everything the runner needs to know about the shape of one render."""
+
+    num_frames: int
+    """Pixel frames of the output."""
+    latent_shape: tuple[int, int, int, int]
+    """``(C, T, H, W)`` of the whole video's latents."""
+    windows: tuple[Window, ...]
+    sync_every: int
+    decode_tiles: tuple[DecodeTile, ...]
+
+    @property
+    def latent_frames(self) -> int:
+        return self.latent_shape[1]
+
+    def step_groups(self, steps: int) -> list[tuple[int, int]]:
+        """Sampler step ranges ``[first, last)`` between fusions.
+
+        A single window needs no fusion, so it takes every step in one call (no extra hops)."""
+        group = steps if len(self.windows) == 1 else self.sync_every
+        return [(first, min(first + group, steps)) for first in range(0, steps, group)]
+
+    def summary(self) -> dict:
+        """The plan as plain data for the job's manifest."""
+        return {
+            "num_frames": self.num_frames,
+            "latent_shape": list(self.latent_shape),
+            "windows": [[w.start, w.stop] for w in self.windows],
+            "sync_every": self.sync_every,
+            "decode_tiles": [
+                {"latent": [t.start, t.stop], "context": t.context, "frames": [t.first_frame, t.first_frame + t.num_frames]}
+                for t in self.decode_tiles
+            ],
+        }
+
+
+def plan_windows(latent_frames: int, window: int, min_overlap: int) -> tuple[Window, ...]:
+    """Cover ``latent_frames`` frames with evenly spaced windows of ``window`` frames."""
+    if latent_frames < 1:
+        raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
+    if latent_frames <= window:
+        return (Window(0, 0, latent_frames, (1.0,) * latent_frames),)
+    stride = window - min_overlap
+    count = 1 + math.ceil((latent_frames - window) / stride)
+    span = latent_frames - window
+    starts = [round(i * span / (count - 1)) for i in range(count)]
+
+    raw: list[list[float]] = []
+    for i, start in enumerate(starts):
+        lead = (starts[i - 1] + window - start) if i > 0 else 0  # frames shared with the previous window
+        trail = (start + window - starts[i + 1]) if i + 1 < count else 0  # shared with the next
+        weights = []
+        for j in range(window):
+            up = (j + 1) / (lead + 1) if lead else 1.0
+            down = (window - j) / (trail + 1) if trail else 1.0
+            weights.append(min(1.0, up, down))
+        raw.append(weights)
+
+    totals = [0.0] * latent_frames
+    for start, weights in zip(starts, raw):
+        for j, w in enumerate(weights):
+            totals[start + j] += w
+    return tuple(
+        Window(i, start, start + window, tuple(w / totals[start + j] for j, w in enumerate(weights)))
+        for i, (start, weights) in enumerate(zip(starts, raw))
+    )
+
+
+def plan_decode_tiles(
+    latent_frames: int, num_frames: int, geometry: LatentGeometry, tile: int, context: int
+) -> tuple[DecodeTile, ...]:
+    """Cut the latent video into decode tiles and map each to its output pixel frames."""
+    if num_frames > geometry.pixel_frames(latent_frames):
+        raise ValueError(f"{latent_frames} latent frames decode to fewer than {num_frames} frames")
+    tiles = []
+    for index, start in enumerate(range(0, latent_frames, tile)):
+        stop = min(start + tile, latent_frames)
+        # Causal VAE: latent frame 0 decodes to one pixel frame, every later one to temporal_factor.
+        first = 0 if start == 0 else 1 + geometry.temporal_factor * (start - 1)
+        if first >= num_frames:
+            break
+        end = geometry.pixel_frames(stop)
+        tiles.append(
+            DecodeTile(
+                index=index,
+                start=start,
+                stop=stop,
+                context=min(context, start),
+                first_frame=first,
+                num_frames=min(end, num_frames) - first,
+            )
+        )
+    return tuple(tiles)
+
+
+def plan_render(
+    num_frames: int, height: int, width: int, geometry: LatentGeometry, options: TilingOptions
+) -> RenderPlan:
+    """The full plan for a video of ``num_frames`` frames of ``height`` x ``width`` pixels."""
+    latent_shape = geometry.latent_shape(num_frames, height, width)
+    latent_frames = latent_shape[1]
+    return RenderPlan(
+        num_frames=num_frames,
+        latent_shape=latent_shape,
+        windows=plan_windows(latent_frames, options.window, options.min_overlap),
+        sync_every=options.sync_every,
+        decode_tiles=plan_decode_tiles(latent_frames, num_frames, geometry, options.decode_tile, options.decode_context),
+    )

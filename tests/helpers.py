@@ -1,0 +1,40 @@
+"""Small helpers shared by tests (no fakes: these only inspect real outputs)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ffprobe(path: str | Path) -> dict:
+    """Stream facts of a video file, frames counted by decoding."""
+    result = subprocess.run(
+        [
+            "ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+            "-show_entries", "stream=codec_name,width,height,nb_read_frames,r_frame_rate,pix_fmt",
+            "-show_entries", "format=format_name,duration",
+            "-of", "json", str(path),
+        ],
+        capture_output=True, text=True, check=True,
+    )
+    data = json.loads(result.stdout)
+    stream = data["streams"][0]
+    num, den = (int(x) for x in stream["r_frame_rate"].split("/"))
+    return {
+        "codec": stream["codec_name"],
+        "width": int(stream["width"]),
+        "height": int(stream["height"]),
+        "frames": int(stream["nb_read_frames"]),
+        "fps": num / den,
+        "pix_fmt": stream["pix_fmt"],
+        "format": data["format"]["format_name"],
+        "duration": float(data["format"]["duration"]),
+    }

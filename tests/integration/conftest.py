@@ -1,0 +1,39 @@
+"""One real stack per test session: the embedded S3 server, a local Ray instance, the Serve
+app with the shipped tiny model, and a gRPC client over a socket."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tessera.cluster.stack import StackRunner
+from tessera.serving.client import TesseraClient
+from tessera.serving.config import TesseraConfig
+from tessera.serving.storage import ObjectStore
+from tests.helpers import free_port
+
+
+@dataclasses.dataclass
+class Stack:
+    runner: StackRunner
+    config: TesseraConfig
+    client: TesseraClient
+    store: ObjectStore
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.config.grpc.port}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=free_port(), s3_port=free_port(), num_cpus=2)
+    try:
+        config = runner.start()
+        client = TesseraClient(f"127.0.0.1:{config.grpc.port}")
+        client.wait_until_ready(timeout_s=300)
+        yield Stack(runner, config, client, ObjectStore(config.storage))
+        client.close()
+    finally:
+        runner.stop()

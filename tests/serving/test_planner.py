@@ -1,0 +1,114 @@
+"""The pure planner: every duration from one frame to 60 s at several fps."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tessera.models.interface import LatentGeometry
+from tessera.serving.jobs.planner import TilingOptions, plan_decode_tiles, plan_render, plan_windows
+
+GEOMETRY = LatentGeometry(
+    latent_channels=8, spatial_factor=8, temporal_factor=4, patch_size=(1, 2, 2), native_window=8, decode_context=2
+)
+OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=2)
+
+
+def check_windows(latent_frames: int, window: int, overlap: int) -> None:
+    windows = plan_windows(latent_frames, window, overlap)
+    totals = [0.0] * latent_frames
+    for w in windows:
+        assert len(w.weights) == w.length
+        assert all(weight > 0 for weight in w.weights)
+        for j, weight in enumerate(w.weights):
+            totals[w.start + j] += weight
+    assert totals == pytest.approx([1.0] * latent_frames, abs=1e-9), "fusion weights must sum to one per frame"
+    assert windows[0].start == 0 and windows[-1].stop == latent_frames
+    if latent_frames <= window:
+        assert len(windows) == 1 and windows[0].length == latent_frames
+        return
+    assert all(w.length == window for w in windows), "every window has the native length"
+    for left, right in zip(windows, windows[1:]):
+        assert right.start > left.start
+        assert left.stop - right.start >= overlap, "neighbours share at least the minimum overlap"
+    # Where only two windows meet, the incoming window's weight ramps up monotonically.
+    coverage = [sum(w.start <= t < w.stop for w in windows) for t in range(latent_frames)]
+    for left, right in zip(windows, windows[1:]):
+        if right.start >= left.stop or max(coverage[right.start : left.stop]) > 2:
+            continue
+        shared = range(right.start, left.stop)
+        right_weights = [right.weights[t - right.start] for t in shared]
+        assert right_weights == sorted(right_weights)
+
+
+@pytest.mark.parametrize("fps", [4, 8, 12, 24])
+def test_windows_cover_every_duration(fps):
+    for num_frames in range(1, 60 * fps + 1):
+        latent_frames = GEOMETRY.latent_frames(num_frames)
+        check_windows(latent_frames, 8, 2)
+
+
+@pytest.mark.parametrize("window,overlap", [(1, 0), (2, 1), (5, 0), (8, 4), (8, 7), (16, 3)])
+def test_windows_any_window_and_overlap(window, overlap):
+    for latent_frames in range(1, 130):
+        check_windows(latent_frames, window, overlap)
+
+
+def test_window_count_grows_linearly():
+    counts = [len(plan_windows(f, 8, 2)) for f in (61, 121, 241)]
+    assert counts == [10, 20, 40]
+
+
+@pytest.mark.parametrize("fps", [4, 8, 24])
+def test_decode_tiles_cover_frames_exactly_once(fps):
+    for num_frames in itertools.chain(range(1, 200), range(60 * fps - 20, 60 * fps + 1)):
+        latent_frames = GEOMETRY.latent_frames(num_frames)
+        tiles = plan_decode_tiles(latent_frames, num_frames, GEOMETRY, tile=8, context=2)
+        next_frame = 0
+        for tile in tiles:
+            assert tile.first_frame == next_frame
+            assert tile.num_frames >= 1
+            assert 0 <= tile.context <= min(2, tile.start)
+            expected = (1 if tile.start == 0 else 0) + GEOMETRY.temporal_factor * (tile.stop - tile.start - (1 if tile.start == 0 else 0))
+            assert tile.num_frames <= expected
+            next_frame += tile.num_frames
+        assert next_frame == num_frames
+
+
+def test_single_window_takes_all_steps_in_one_call():
+    plan = plan_render(16, 64, 64, GEOMETRY, OPTIONS)  # 2 s at 8 fps: 5 latent frames
+    assert len(plan.windows) == 1
+    assert plan.step_groups(25) == [(0, 25)]
+
+
+def test_tiled_plan_syncs_every_k_steps():
+    plan = plan_render(480, 64, 64, GEOMETRY, TilingOptions(window=8, min_overlap=2, sync_every=3, decode_tile=8, decode_context=2))
+    assert plan.latent_shape == (8, 121, 8, 8)
+    assert len(plan.windows) == 20
+    groups = plan.step_groups(10)
+    assert groups == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    summary = plan.summary()
+    assert summary["windows"][0] == [0, 8] and summary["windows"][-1] == [113, 121]
+    assert summary["decode_tiles"][-1]["frames"][1] == 480
+
+
+def test_one_frame_image():
+    plan = plan_render(1, 256, 128, GEOMETRY, OPTIONS)
+    assert plan.latent_shape == (8, 1, 32, 16)
+    assert [(w.start, w.stop) for w in plan.windows] == [(0, 1)]
+    assert [(t.first_frame, t.num_frames) for t in plan.decode_tiles] == [(0, 1)]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(window=0, min_overlap=0, sync_every=1, decode_tile=1, decode_context=0), "window"),
+        (dict(window=4, min_overlap=4, sync_every=1, decode_tile=1, decode_context=0), "min_overlap"),
+        (dict(window=4, min_overlap=1, sync_every=0, decode_tile=1, decode_context=0), "sync_every"),
+        (dict(window=4, min_overlap=1, sync_every=1, decode_tile=0, decode_context=0), "decode_tile"),
+    ],
+)
+def test_tiling_options_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TilingOptions(**kwargs)
