@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tessera.cluster.stack import StackRunner
-from tessera.serving.config import TesseraConfig
+from tessera.serving.config import load_document
 
 logger = logging.getLogger("tessera.daemon")
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    config = TesseraConfig.from_file(args.config) if args.config else None
-    runner = StackRunner(args.home, config=config, grpc_port=args.grpc_port, s3_port=args.s3_port)
+    document = load_document(args.config) if args.config else None
+    runner = StackRunner(args.home, config=document, grpc_port=args.grpc_port, s3_port=args.s3_port)
     state_path = args.home / "stack.json"
     status_path = args.home / "serve_status.json"
     try:
@@ -88,7 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         status_path.unlink(missing_ok=True)
         runner.stop()
         logger.info("stopped")
+        sweep_process_group()
     return 0
+
+
+def sweep_process_group() -> None:
+    """End whatever Ray left behind in this daemon's process group.
+
+    After ``ray.shutdown()`` Ray 2.60 leaves its dashboard and runtime-env agents running as
+    orphans; the daemon leads its own process group (``tessera up`` starts it in a new
+    session), so signalling the group reaches them and nothing outside the stack."""
+    if os.getpgid(0) != os.getpid():
+        return  # not a group leader (run by hand): the group is not ours alone
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

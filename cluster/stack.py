@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server
+from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server, pid_alive
 from tessera.serving.config import TesseraConfig
 from tessera.serving.storage import StorageConfig
 
@@ -51,31 +51,21 @@ class StackState:
             return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StackRunner:
     """S3 server + Ray + Serve app, owned by this process."""
 
     def __init__(
         self,
         home: Path,
-        config: TesseraConfig | None = None,
+        config: dict | None = None,
         grpc_port: int | None = None,
         s3_port: int | None = None,
         num_cpus: int | None = None,
     ):
-        """With ``config`` None (or a config file without storage) the embedded S3 server is
-        started under ``home/s3`` and the default embedded config is used."""
+        """``config`` is a Tessera config document (as loaded from YAML), possibly partial.
+        Without a ``storage`` section the embedded S3 server is started under ``home/s3``."""
         self.home = Path(home)
-        self._config = config
+        self._document = dict(config or {})
         self._grpc_port = grpc_port
         self._s3_port = s3_port
         self._num_cpus = num_cpus or os.cpu_count() or 2
@@ -89,8 +79,8 @@ class StackRunner:
         from tessera.serving.app import build_app, grpc_options
 
         self.home.mkdir(parents=True, exist_ok=True)
-        config = self._config
-        if config is None:
+        document = dict(self._document)
+        if "storage" not in document:
             self.s3 = EmbeddedS3Server(
                 EmbeddedS3Config(
                     data_dir=self.home / "s3",
@@ -100,9 +90,10 @@ class StackRunner:
             )
             log(f"starting the embedded S3 server ({self.home / 's3'})")
             self.s3.start()
-            config = TesseraConfig(storage=self._embedded_storage())
+            document["storage"] = self._embedded_storage()
         if self._grpc_port is not None:
-            config = config.model_copy(update={"grpc": config.grpc.model_copy(update={"port": self._grpc_port})})
+            document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
+        config = TesseraConfig.model_validate(document)
         self.config = config
 
         log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")
@@ -175,7 +166,7 @@ class EmbeddedStack:
 
     def read_state(self) -> StackState | None:
         state = StackState.load(self.state_path)
-        if state is not None and not _pid_alive(state.pid):
+        if state is not None and not pid_alive(state.pid):
             self.state_path.unlink(missing_ok=True)
             return None
         return state
@@ -217,11 +208,14 @@ class EmbeddedStack:
         log(f"stopping the stack (pid {state.pid})")
         os.kill(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(state.pid):
+        while time.monotonic() < deadline and pid_alive(state.pid):
             time.sleep(0.5)
-        if _pid_alive(state.pid):
+        if pid_alive(state.pid):
             log("the stack did not stop in time; killing its process group")
+        try:  # the daemon leads its group: anything still in it was started by the stack
             os.killpg(state.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.state_path.unlink(missing_ok=True)
         log("stopped")
 

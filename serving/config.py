@@ -20,6 +20,22 @@ from tessera.serving.storage import StorageConfig
 from tessera.serving.video import VideoEncodingConfig
 
 
+def load_document(path: str | Path) -> dict:
+    """A config file's content as plain data (validated later, possibly after filling gaps)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -211,14 +227,7 @@ class TesseraConfig(_Strict):
     @classmethod
     def from_file(cls, path: str | Path) -> TesseraConfig:
         """Load a YAML (or JSON) config file."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
-        return cls.model_validate(data or {})
+        return cls.model_validate(load_document(path))
 
     def to_yaml(self) -> str:
         """The config as YAML with secrets revealed (to write a Serve config file)."""

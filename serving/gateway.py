@@ -37,6 +37,14 @@ def _set_error(grpc_context, error: BaseException) -> None:
     grpc_context.set_details(failure.message)
 
 
+class _StreamFailed(Exception):
+    """Ends a streaming RPC whose status is already set on the context.
+
+    Ray Serve 2.60 drops the status of a stream that ends *normally* before its first message
+    (the client sees OK and no events); ending it with an exception delivers the status and
+    details we set, without a traceback."""
+
+
 @serve.deployment
 class Gateway:
     async def __init__(self, config: TesseraConfig, expander, denoiser, decoder):
@@ -67,6 +75,7 @@ class Gateway:
                 yield event
         except BaseException as error:
             _set_error(grpc_context, error)
+            raise _StreamFailed() from None
 
     async def WatchJob(self, request: pb.WatchJobRequest, grpc_context):
         try:
@@ -74,6 +83,7 @@ class Gateway:
                 yield event
         except BaseException as error:
             _set_error(grpc_context, error)
+            raise _StreamFailed() from None
 
     async def _events(self, tenant: str, job_id: str, grpc_context):
         """Progress events, then the final job; a failed or cancelled job also ends with its status."""

@@ -37,8 +37,8 @@ from tessera.serving.video import EncodedTile, TileMuxer
 
 logger = logging.getLogger(__name__)
 
-# Share of the progress bar per stage; denoising dominates the work.
-_EXPAND_SHARE, _DENOISE_SHARE, _DECODE_SHARE = 0.05, 0.75, 0.20
+# Share of the progress bar per stage (denoising dominates the work); the last 1% is finalising.
+_EXPAND_SHARE, _DENOISE_SHARE, _DECODE_SHARE = 0.05, 0.75, 0.19
 
 
 @dataclasses.dataclass

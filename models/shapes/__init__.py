@@ -1,0 +1,1 @@
+"""Shapes world: the procedural dataset the tiny native model is trained and evaluated on."""

@@ -1,0 +1,198 @@
+"""Train the tiny causal video VAE on the shapes world.
+
+    python -m tessera.models.train.train_vae --out runs/vae --steps 4000 --max-minutes 50
+    python -m tessera.models.train.train_vae --out runs/vae --resume      # continue
+    python -m tessera.models.train.train_vae --out runs/smoke --smoke     # ~30 s check
+
+Clips are rendered on the fly (cheap) with a per-step seed, so a resumed run sees the same
+data as an uninterrupted one. The loss is L1 + MSE with object pixels weighted up (the object
+is a small part of the frame and its colour is what the evaluator reads), an L1 term on
+frame-to-frame differences (motion inside each latent frame's group of pixel frames), and a
+small KL.
+The EMA weights are exported with per-channel latent statistics that normalise latents for
+the DiT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tessera.models.native.configs import VAEConfig, get_config
+from tessera.models.native.vae import VideoVAE
+from tessera.models.shapes.world import BACKGROUNDS, render, sample_spec
+from tessera.models.train.common import (
+    EMA,
+    RunLog,
+    export_safetensors,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    step_generator,
+    step_rng,
+)
+
+# (width, height, weight): the DiT's buckets most often, plus other sizes so the conv net
+# generalises over scale (the world's objects scale with the frame).
+VAE_SIZES = ((64, 64, 4), (96, 64, 3), (64, 96, 3), (48, 48, 1), (32, 32, 1), (80, 64, 1), (128, 64, 1), (96, 96, 1))
+VAE_FRAMES = ((17, 6), (9, 2), (1, 1))
+
+
+def _choice(rng: np.random.Generator, options: tuple[tuple, ...]):
+    weights = np.array([o[-1] for o in options], dtype=np.float64)
+    return options[int(rng.choice(len(options), p=weights / weights.sum()))][:-1]
+
+
+def make_batch(rng: np.random.Generator, batch_size: int, max_side: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels ``(B, 3, T, H, W)`` in [-1, 1] and per-pixel loss weights ``(B, 1, T, H, W)``."""
+    while True:
+        width, height = _choice(rng, VAE_SIZES)
+        if max(width, height) <= max_side:
+            break
+    (frames,) = _choice(rng, VAE_FRAMES)
+    clips, weights = [], []
+    for _ in range(batch_size):
+        spec = sample_spec(rng, split="train", width=width, height=height, num_frames=frames)
+        video = render(spec).astype(np.float32)  # (T, H, W, 3)
+        background = np.asarray(BACKGROUNDS[spec.background], dtype=np.float32)
+        foreground = (np.abs(video - background).max(axis=-1) > 8).astype(np.float32)  # (T, H, W)
+        clips.append(video / 127.5 - 1.0)
+        weights.append(1.0 + 4.0 * foreground)
+    x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)
+    w = torch.from_numpy(np.stack(weights))[:, None]  # (B, 1, T, H, W)
+    return x, w
+
+
+def vae_loss(
+    vae: VideoVAE, x: torch.Tensor, w: torch.Tensor, generator: torch.Generator, kl_weight: float, motion_weight: float
+):
+    mean, logvar = vae.encode_distribution(x)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    f = vae.config.temporal_factor
+    recon = vae.decode_raw(z)[:, :, f - 1 :]
+    error = recon - x
+    l1 = (w * error.abs()).mean() / w.mean()
+    mse = (w * error.pow(2)).mean() / w.mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    loss = l1 + mse + kl_weight * kl
+    parts = {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    if x.shape[2] > 1:
+        # Frame-to-frame differences: without this term the decoder settles on the average of
+        # each latent frame's pixel frames (a still, blurred object that jumps every f frames).
+        w_motion = torch.maximum(w[:, :, 1:], w[:, :, :-1])
+        motion = (w_motion * (recon.diff(dim=2) - x.diff(dim=2)).abs()).mean() / w_motion.mean()
+        loss = loss + motion_weight * motion
+        parts["motion"] = motion.item()
+    return loss, parts
+
+
+@torch.no_grad()
+def latent_statistics(vae: VideoVAE, seed: int, batches: int = 24) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of raw posterior means over fresh training clips."""
+    sums, squares, count = 0.0, 0.0, 0
+    for index in range(batches):
+        x, _ = make_batch(step_rng(seed, index, stream=7), 8)
+        mean, _ = vae.encode_distribution(x)
+        flat = mean.transpose(0, 1).reshape(mean.shape[1], -1).double()
+        sums = sums + flat.sum(dim=1)
+        squares = squares + flat.pow(2).sum(dim=1)
+        count += flat.shape[1]
+    mu = sums / count
+    std = (squares / count - mu.pow(2)).clamp_min(1e-8).sqrt()
+    return [round(v, 6) for v in mu.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, exported weights)")
+    parser.add_argument("--variant", default="tiny", help="registry variant whose VAE config to train")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=3e-5)
+    parser.add_argument("--motion-weight", type=float, default=4.0, help="weight of the frame-difference L1 term")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this long")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--smoke", action="store_true", help="a tiny fast run proving the script works")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config: VAEConfig = get_config(args.variant).vae
+    if args.smoke:
+        config = config.model_copy(update={"channels": (16, 32), "blocks_per_stage": 1})
+        args.steps, args.batch_size, args.checkpoint_every, args.log_every = 6, 2, 3, 2
+    device = torch.device(args.device)
+    vae = VideoVAE(config).to(device)
+    ema = EMA(vae, args.ema_decay)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    checkpoint_path = args.out / "checkpoint.pt"
+    log = RunLog(args.out / "log.jsonl")
+    step = 0
+    if args.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        vae.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        log.write({"event": "resume", "step": step})
+    else:
+        log.write({"event": "start", "config": config.model_dump(), "args": {k: str(v) for k, v in vars(args).items()}})
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            checkpoint_path, model=vae.state_dict(), ema=ema.model.state_dict(), optimizer=optimizer.state_dict(),
+            step=step, config=config.model_dump(),
+        )
+
+    started = time.monotonic()
+    max_side = 64 if args.smoke else 128
+    while step < args.steps:
+        rng = step_rng(args.seed, step)
+        x, w = make_batch(rng, args.batch_size, max_side=max_side)
+        if args.smoke:
+            x, w = x[:, :, :9, :32, :32], w[:, :, :9, :32, :32]
+        lr = lr_at(step, base_lr=args.lr, warmup=100, total=args.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        vae.train()
+        loss, parts = vae_loss(vae, x.to(device), w.to(device), step_generator(args.seed, step), args.kl_weight,
+                                args.motion_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0).item()
+        optimizer.step()
+        ema.update(vae, step)
+        step += 1
+        if step % args.log_every == 0 or step == args.steps:
+            elapsed = time.monotonic() - started
+            log.write({"step": step, "loss": loss.item(), **parts, "lr": lr, "grad_norm": grad_norm,
+                       "shape": list(x.shape), "elapsed_s": round(elapsed, 1)})
+        if step % args.checkpoint_every == 0:
+            checkpoint()
+        if args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60:
+            log.write({"event": "time_limit", "step": step})
+            break
+    checkpoint()
+
+    ema_vae = ema.model.cpu()
+    mean, std = latent_statistics(ema_vae, args.seed, batches=2 if args.smoke else 24)
+    final_config = config.model_copy(update={"latent_mean": tuple(mean), "latent_std": tuple(std)})
+    export_safetensors(ema_vae, args.out / "vae.safetensors")
+    (args.out / "vae_config.json").write_text(json.dumps({**final_config.model_dump(), "trained_steps": step}, indent=2))
+    log.write({"event": "export", "step": step, "latent_mean": mean, "latent_std": std})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The `tessera` command as a user runs it: a detached stack from `up` to `down`.
+
+This module starts its own (second) Ray instance on purpose: what it tests is exactly the
+daemon that `tessera up` starts and `tessera down` must stop without leftovers. It runs before
+the integration tests (file order), so the two never run at the same time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ffprobe, free_port
+
+pytestmark = pytest.mark.integration
+
+TESSERA = [sys.executable, "-m", "tessera.serving.cli"]
+
+
+def tessera(home: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([*TESSERA, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tessera {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def group_members(pgid: int) -> list[str]:
+    members = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.getpgid(int(proc.name)) == pgid:
+                    members.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except (ProcessLookupError, PermissionError, FileNotFoundError):
+                pass
+    return members
+
+
+def test_up_generate_jobs_down(tmp_path):
+    home = tmp_path / "home"
+    grpc_port = free_port()
+    up = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(free_port()))
+    state = json.loads((home / "stack.json").read_text())
+    try:
+        assert f"gRPC:      127.0.0.1:{grpc_port}" in up.stdout
+        assert "again" not in tessera(home, "up").stdout and "already running" in tessera(home, "up").stdout
+
+        status = json.loads(tessera(home, "status", "--json").stdout)
+        assert status["running"] and status["healthy"] and status["grpc"] == f"127.0.0.1:{grpc_port}"
+
+        out = tmp_path / "clip.mp4"
+        generated = tessera(home, "generate", "a green circle moving down", "--duration", "1.5", "--width", "80",
+                            "--height", "48", "--steps", "6", "--seed", "4", "--out", str(out))
+        assert "SUCCEEDED" in generated.stdout
+        assert "video:     s3://tessera/default/" in generated.stdout and "url:       http://127.0.0.1:" in generated.stdout
+        assert f"local:     {out.resolve()}" in generated.stdout
+        assert "denoising step 6/6" in generated.stderr, "the progress bar follows the stream"
+        info = ffprobe(out)
+        assert (info["codec"], info["width"], info["height"], info["frames"]) == ("h264", 80, 48, 12)
+
+        job_id = generated.stdout.split("job:")[1].split()[0]
+        listing = tessera(home, "jobs", "list")
+        assert job_id in listing.stdout and "SUCCEEDED" in listing.stdout
+        got = json.loads(tessera(home, "jobs", "get", job_id).stdout)
+        assert got["job_id"] == job_id and got["video_uri"].endswith("/video.mp4")
+
+        bad = tessera(home, "generate", "x", "--width", "100", check=False)
+        assert bad.returncode == 1
+        assert "error: INVALID_ARGUMENT: width 100 is not a multiple of 16" in bad.stderr
+        missing = tessera(home, "jobs", "get", "0123456789abcdef", check=False)
+        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    finally:
+        down = tessera(home, "down")
+    assert "stopped" in down.stdout
+    deadline = time.monotonic() + 10
+    while group_members(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert group_members(state["pid"]) == [], "down leaves no process of the stack behind"
+    assert not (home / "stack.json").exists()
+    assert tessera(home, "status", check=False).returncode == 1
+
+
+def test_down_when_not_running(tmp_path):
+    assert "not running" in tessera(tmp_path, "down").stdout
