@@ -167,9 +167,10 @@ class VideoModel(abc.ABC):
 
     # -- prompt expansion and text conditioning (part "text") -------------------------
     @abc.abstractmethod
-    def expand(self, prompt: str) -> str:
+    def expand(self, prompt: str, character: str = "") -> str:
         """Deterministic built-in re-captioning: a short prompt to the detailed caption style
-        this family was trained on. Needs no weights."""
+        this family was trained on, carrying a shared ``character`` description (multi-shot)
+        when one is given. Needs no weights."""
 
     @abc.abstractmethod
     def encode_text(self, prompts: list[str]) -> list[TextConditioning]:

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian/Ubuntu machine: Python venv with Tessera and its
 # dependencies, the embedded S3 server's Node packages, and (for tests) ffprobe.
-# Usage: scripts/bootstrap.sh [run|test]
+# Usage: scripts/bootstrap.sh [run|test|bench]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purpose=${1:-run}
 
 need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
-if [ "$purpose" = test ] && ! command -v ffprobe >/dev/null 2>&1; then need_apt+=(ffmpeg); fi
+if [ "$purpose" != run ] && ! command -v ffprobe >/dev/null 2>&1; then need_apt+=(ffmpeg); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] installing system packages: ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -27,7 +27,7 @@ fi
 [ -n "$python_bin" ] || { echo "[bootstrap] Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 
-extras=""; [ "$purpose" = test ] && extras="[test]"
+extras=""; [ "$purpose" = test ] && extras="[test]"; [ "$purpose" = bench ] && extras="[test,bench]"
 stamp=".venv/.tessera-installed$extras"
 digest=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then

@@ -26,7 +26,7 @@ def build_app(config: TesseraConfig) -> serve.Application:
     """The four deployments, each sized by its entry in ``config.deployments``."""
     d = config.deployments
     expander = PromptExpander.options(name="PromptExpander", **d.prompt_expander.serve_options()).bind(
-        config.model, d.prompt_expander.threads
+        config.model, config.expansion, d.prompt_expander.threads
     )
     denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(config.model, d.denoiser.threads)
     decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(

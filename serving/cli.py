@@ -3,6 +3,8 @@
     tessera up                      start Ray, the S3 server and the Serve app; stay running
     tessera status                  what runs, and each deployment's replicas
     tessera generate "a red circle moving right" --duration 2 --out clip.mp4
+    tessera generate "a blue square" --image --out still.png            (and --from-image, --extend,
+                                                                          --edit, --transition, --loop, --shots)
     tessera jobs list | get ID | watch ID | cancel ID
     tessera down                    stop everything `up` started
     tessera run "prompt"            the one-shot demo: up, generate, print, down
@@ -70,8 +72,12 @@ def _job_dict(job: pb.Job) -> dict:
 def _print_result(job: pb.Job, out: Path | None) -> None:
     print(f"job:       {job.job_id} ({pb.JobState.Name(job.state)})")
     print(f"caption:   {job.expanded_prompt}")
-    print(f"video:     {job.video_uri}")
-    print(f"url:       {job.video_url}")
+    if job.image_uri:
+        print(f"image:     {job.image_uri}")
+        print(f"url:       {job.image_url}")
+    else:
+        print(f"video:     {job.video_uri}")
+        print(f"url:       {job.video_url}")
     print(f"poster:    {job.poster_uri}")
     print(f"manifest:  {job.manifest_uri}")
     if out is not None:
@@ -112,6 +118,60 @@ def _generation_fields(args) -> dict:
         fields["priority"] = args.priority
     if args.no_expand:
         fields["skip_prompt_expansion"] = True
+    fields.update(_mode_fields(args))
+    return fields
+
+
+def _load_shots(path: str) -> tuple[list[dict], str]:
+    """Shots from a YAML or JSON file: a list of shots, or {character: ..., shots: [...]}."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML or JSON: {error}") from None
+    character = ""
+    if isinstance(data, dict):
+        character = str(data.get("character", ""))
+        data = data.get("shots")
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise ValueError(f"{path} must hold a list of shots ({{prompt, duration_s, transition}}), or {{character, shots}}")
+    return data, character
+
+
+def _mode_fields(args) -> dict:
+    """The generation-mode flags as request fields (the server checks that only one mode is set)."""
+    fields: dict = {}
+    if args.aspect:
+        fields["aspect_ratio"] = args.aspect
+    if args.short_side is not None:
+        fields["short_side"] = args.short_side
+    if args.image:
+        fields["image"] = True
+    if args.from_image:
+        fields["from_image"] = args.from_image
+        fields["image_is_last_frame"] = args.last_frame
+    if args.extend:
+        fields["extend_video"] = args.extend
+        fields["backward"] = args.backward
+        if args.seconds is not None:
+            fields["extend_seconds"] = args.seconds
+    if args.edit:
+        fields["edit_video"] = args.edit
+        if args.strength is not None:
+            fields["strength"] = args.strength
+    if args.transition:
+        fields["transition_from"], fields["transition_to"] = args.transition
+        if args.seconds is not None:
+            fields["transition_seconds"] = args.seconds
+    if args.loop:
+        fields["loop"] = True
+    if args.shots:
+        fields["shots"], character = _load_shots(args.shots)
+        if character:
+            fields["character"] = character
+    if args.character:
+        fields["character"] = args.character
     return fields
 
 
@@ -213,7 +273,7 @@ def cmd_run(args) -> int:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="what to render")
+    parser.add_argument("prompt", nargs="?", default="", help="what to render (optional with --shots)")
     parser.add_argument("--duration", type=float, help="seconds (or --frames)")
     parser.add_argument("--frames", type=int, help="number of frames (or --duration)")
     parser.add_argument("--width", type=int)
@@ -226,7 +286,22 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idempotency-key")
     parser.add_argument("--priority", type=int, default=0)
     parser.add_argument("--no-expand", action="store_true", help="skip prompt expansion")
-    parser.add_argument("--out", help="download the video to this file")
+    parser.add_argument("--aspect", help="aspect ratio W:H instead of --width/--height, e.g. 16:9")
+    parser.add_argument("--short-side", type=int, help="short side in pixels, with --aspect")
+    modes = parser.add_argument_group("generation modes (one at a time; FILE may be a local file or an s3:// URI)")
+    modes.add_argument("--image", action="store_true", help="render one frame, written as image.png")
+    modes.add_argument("--from-image", metavar="FILE", help="animate an image: it becomes the first frame")
+    modes.add_argument("--last-frame", action="store_true", help="with --from-image: the image is the last frame")
+    modes.add_argument("--extend", metavar="VIDEO", help="continue a video by --seconds (after its end, or before with --backward)")
+    modes.add_argument("--backward", action="store_true", help="with --extend: add the new seconds before the start")
+    modes.add_argument("--seconds", type=float, help="new seconds for --extend; the bridge's length for --transition")
+    modes.add_argument("--edit", metavar="VIDEO", help="video to video (SDEdit) under the prompt")
+    modes.add_argument("--strength", type=float, help="with --edit: 0 < S <= 1, how far from the input (default 0.6)")
+    modes.add_argument("--transition", nargs=2, metavar=("A", "B"), help="play A, a generated bridge, then B")
+    modes.add_argument("--loop", action="store_true", help="a video whose end flows into its start")
+    modes.add_argument("--shots", metavar="FILE", help="multi-shot: YAML/JSON list of {prompt, duration_s, transition: cut|blend}")
+    modes.add_argument("--character", help="with --shots: what every shot shares (who, how they look)")
+    parser.add_argument("--out", help="download the video (or image) to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the job as JSON")
 

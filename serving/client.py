@@ -7,6 +7,19 @@
                               on_progress=lambda p: print(p.fraction))
         print(job.video_uri, job.video_url)
         client.download(job, "out.mp4")
+
+        # Every generation mode is a keyword argument (see tessera.v1.GenerateRequest); images
+        # and videos are paths, bytes or s3:// URIs of the deployment's bucket.
+        still = client.generate("a blue square", image=True, width=128, height=128)
+        animated = client.generate("a red circle moving left", from_image="frame.png", duration_s=3)
+        longer = client.generate("the circle keeps moving", extend_video=animated.video_uri, extend_seconds=2)
+        edited = client.generate("a green circle moving left", edit_video="clip.mp4", strength=0.5)
+        bridged = client.generate("", transition_from="a.mp4", transition_to="b.mp4", transition_seconds=2)
+        looped = client.generate("a yellow square moving down", loop=True, duration_s=4)
+        shots = client.generate("", character="a red circle", shots=[
+            {"prompt": "moving left", "duration_s": 2},
+            {"prompt": "moving right", "duration_s": 2, "transition": "blend"},
+        ])
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from tessera.serving.api import tessera_pb2 as pb
 from tessera.serving.api import tessera_pb2_grpc as pb_grpc
 from tessera.serving.api.convert import request_to_proto
 from tessera.serving.auth import API_KEY_METADATA
-from tessera.serving.jobs.spec import GenerationRequest
+from tessera.serving.jobs.spec import GenerationRequest, MediaInput, ShotRequest
 
 JobState = pb.JobState
 
@@ -36,6 +49,30 @@ class TesseraError(Exception):
         self.code = code
         self.message = message
         self.job = job
+
+
+MEDIA_FIELDS = ("from_image", "extend_video", "edit_video", "transition_from", "transition_to")
+
+
+def media_input(value: str | Path | bytes | MediaInput) -> MediaInput:
+    """An input image or video: ``s3://`` URIs are passed on, paths are read and sent inline."""
+    if isinstance(value, MediaInput):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return MediaInput(data=bytes(value))
+    text = str(value)
+    if text.startswith("s3://"):
+        return MediaInput(uri=text)
+    return MediaInput(data=Path(text).expanduser().read_bytes())
+
+
+def shot_request(value: dict | ShotRequest) -> ShotRequest:
+    if isinstance(value, ShotRequest):
+        return value
+    fields = dict(value)
+    if "transition" in fields:
+        fields["transition"] = str(fields["transition"]).upper()
+    return ShotRequest(**fields)
 
 
 class TesseraClient:
@@ -61,7 +98,16 @@ class TesseraClient:
     # -- requests ------------------------------------------------------------------------
     @staticmethod
     def request(prompt: str, **fields) -> pb.GenerateRequest:
-        """Build a request; keyword names are those of ``tessera.v1.GenerateRequest``."""
+        """Build a request; keyword names are those of ``tessera.v1.GenerateRequest``.
+
+        Media fields (``from_image``, ``extend_video``, ``edit_video``, ``transition_from``,
+        ``transition_to``) take a local path, bytes, or an ``s3://`` URI; ``shots`` takes dicts
+        ``{"prompt", "duration_s", "transition": "cut"|"blend"}``."""
+        for name in MEDIA_FIELDS:
+            if fields.get(name) is not None:
+                fields[name] = media_input(fields[name])
+        if "shots" in fields:
+            fields["shots"] = tuple(shot_request(shot) for shot in fields["shots"])
         return request_to_proto(GenerationRequest(prompt=prompt, **fields))
 
     def _unary(self, method, message):
@@ -127,13 +173,14 @@ class TesseraClient:
     # -- outputs -------------------------------------------------------------------------
     @staticmethod
     def download(job: pb.Job, path: str | Path, timeout_s: float = 60.0) -> Path:
-        """Fetch the job's video through its presigned URL into ``path``."""
-        if not job.video_url:
-            raise ValueError(f"job {job.job_id} has no video URL (state {pb.JobState.Name(job.state)})")
+        """Fetch the job's video (or, in image mode, its image) through its presigned URL into ``path``."""
+        url = job.video_url or job.image_url
+        if not url:
+            raise ValueError(f"job {job.job_id} has no video or image URL (state {pb.JobState.Name(job.state)})")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        with urllib.request.urlopen(job.video_url, timeout=timeout_s) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
         partial.replace(path)
         return path

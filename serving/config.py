@@ -123,7 +123,9 @@ class DeploymentsConfig(_Strict):
         description="Re-captioning and text encoding.",
     )
     denoiser: DeploymentConfig = Field(
-        DeploymentConfig(num_cpus=1.0, max_ongoing_requests=4),
+        # Deep enough that every window of a 60 s video is queued on a replica at once: when all
+        # replicas are full, Serve's router retries with backoff and the replicas sit idle.
+        DeploymentConfig(num_cpus=1.0, max_ongoing_requests=32),
         description="Stateless diffusion step server (the GPU stage).",
     )
     decoder: DeploymentConfig = Field(
@@ -149,6 +151,21 @@ class LimitsConfig(_Strict):
     default_width: int | None = Field(None, ge=1, description="Width when a request gives none; None: the model's default.")
     default_height: int | None = Field(None, ge=1, description="Height when a request gives none; None: the model's default.")
     max_idempotency_key_chars: int = Field(128, ge=1, description="Longest idempotency key accepted.")
+    max_inline_input_bytes: int = Field(
+        8 * 1024 * 1024, ge=0,
+        description="Largest image or video sent inline in a request (Media.data); above it the request gets "
+        "RESOURCE_EXHAUSTED and the input must be uploaded to the bucket and given as an s3:// URI.",
+    )
+    max_input_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest input object read from the bucket (Media.uri); above it: RESOURCE_EXHAUSTED."
+    )
+    max_input_side: int = Field(
+        4096, ge=1, description="Largest width or height of an input image or video that is decoded, in pixels."
+    )
+    shared_input_prefixes: tuple[str, ...] = Field(
+        (), description="Key prefixes of the bucket every tenant may read inputs from, besides its own '{tenant}/'."
+    )
+    max_shots: int = Field(16, ge=1, description="Most shots in a multi-shot request.")
 
 
 class JobsConfig(_Strict):
@@ -203,10 +220,91 @@ class AuthConfig(_Strict):
         return self
 
 
-class ExpansionConfig(_Strict):
-    """Prompt expansion (re-captioning) backend."""
+class HFExpansionConfig(_Strict):
+    """A Hugging Face causal language model that re-captions prompts (loaded from a local folder)."""
 
-    backend: Literal["builtin"] = Field("builtin", description="'builtin': the model family's deterministic re-captioner.")
+    path: Path = Field(
+        ...,
+        description="Folder holding the model and its tokenizer in `save_pretrained` layout (config.json, "
+        "safetensors, tokenizer files). Loaded with local_files_only: nothing is downloaded. Must exist on "
+        "every PromptExpander replica; a missing folder stops the replica at start.",
+    )
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="torch device of the language model ('cpu', 'cuda', 'cuda:1'); give the prompt_expander "
+        "deployment num_gpus when this is a GPU.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight dtype; bfloat16/float16 halve memory on GPU."
+    )
+    max_new_tokens: int = Field(
+        160, ge=1, le=4096, description="Most tokens generated per caption (greedy decoding, deterministic)."
+    )
+    min_words: int = Field(
+        3, ge=1, description="A cleaned output with fewer words counts as a failure: the built-in expander is used."
+    )
+
+
+class OpenAIExpansionConfig(_Strict):
+    """An OpenAI-compatible chat completions endpoint (vLLM, ray.serve.llm, a hosted API) that re-captions prompts."""
+
+    base_url: str = Field(
+        ..., pattern=r"^https?://\S+$",
+        description="API root up to and including the version, e.g. 'http://llm.internal:8000/v1'; "
+        "requests go to {base_url}/chat/completions.",
+    )
+    model: str = Field(..., min_length=1, description="Model name sent in every request.")
+    api_key: SecretStr | None = Field(
+        None, description="Sent as 'Authorization: Bearer <key>'; None sends no Authorization header."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="Socket timeout of one attempt (connect, and each wait for response bytes)."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Further attempts after a timeout, connection error, HTTP 5xx or 429; other 4xx are not retried."
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="Pause before the first retry; doubles before each further retry."
+    )
+    max_tokens: int = Field(300, ge=1, description="Most tokens the endpoint may generate per caption.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 asks for deterministic output.")
+    min_words: int = Field(
+        3, ge=1, description="A cleaned answer with fewer words counts as a failure: the built-in expander is used."
+    )
+
+
+class ExpansionConfig(_Strict):
+    """Prompt expansion (re-captioning) backend. Any failure of a language-model backend falls back to
+    the built-in expander, and the job manifest records why."""
+
+    backend: Literal["builtin", "hf_causal_lm", "openai"] = Field(
+        "builtin",
+        description="'builtin': the model family's deterministic re-captioner (offline default); "
+        "'hf_causal_lm': a local Hugging Face causal LM (section `hf`); "
+        "'openai': an OpenAI-compatible chat endpoint (section `openai`).",
+    )
+    hf: HFExpansionConfig | None = Field(None, description="Settings of the 'hf_causal_lm' backend; required by it, rejected otherwise.")
+    openai: OpenAIExpansionConfig | None = Field(None, description="Settings of the 'openai' backend; required by it, rejected otherwise.")
+    instruction: str | None = Field(
+        None, min_length=1,
+        description="Instruction given to a language-model backend before the prompt; None: the default in "
+        "serving/expansion.py (one detailed caption, keep every detail, caption only).",
+    )
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> ExpansionConfig:
+        sections = {"hf_causal_lm": ("hf", self.hf), "openai": ("openai", self.openai)}
+        for backend, (name, section) in sections.items():
+            if self.backend == backend and section is None:
+                raise ValueError(f"expansion.backend is {backend!r} but the expansion.{name} section is missing")
+            if self.backend != backend and section is not None:
+                raise ValueError(
+                    f"expansion.{name} is set but expansion.backend is {self.backend!r}; "
+                    f"set backend: {backend} or remove the section"
+                )
+        if self.backend == "builtin" and self.instruction is not None:
+            raise ValueError("expansion.instruction only applies to the 'hf_causal_lm' and 'openai' backends")
+        return self
 
 
 class TesseraConfig(_Strict):

@@ -1,12 +1,15 @@
-"""Decoder stage: latent time tiles to pixels (video VAE) to H.264 (PyAV)."""
+"""Decoder stage: latent time tiles to pixels (video VAE) to H.264 (PyAV); and the way back,
+input images and videos to latents (the VAE's encoder), for the modes that start from them."""
 
 from __future__ import annotations
 
+import torch
 from ray import serve
 
 from tessera.models.config import ModelConfig
 from tessera.models.registry import load_model
-from tessera.serving.stages import DecodedTile, DecodeTileRequest, ModelThread
+from tessera.serving.media import decode_media, fit_frames
+from tessera.serving.stages import DecodedTile, DecodeTileRequest, EncodeRequest, ModelThread
 from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
 
@@ -30,12 +33,32 @@ class DecoderEngine:
             index=request.index,
             first_frame=request.first_frame,
             num_frames=request.num_frames,
-            mp4=encode_mp4(frames, request.fps, self._video),
+            mp4=encode_mp4(frames, request.fps, self._video) if request.encode_video else b"",
             poster_png=poster,
         )
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._thread.run(self._decode, request)
+
+    def _encode(self, request: EncodeRequest) -> torch.Tensor:
+        sources = [x is not None for x in (request.media, request.frames, request.latents)]
+        if sum(sources) != 1:
+            raise ValueError("an encode request needs exactly one of media, frames and latents")
+        indices = list(request.frame_indices) if request.frame_indices is not None else None
+        if request.media is not None:
+            frames = torch.from_numpy(decode_media(request.media, indices, size=(request.width, request.height)))
+        else:
+            frames = request.frames if request.frames is not None else self.model.decode_latents(request.latents)
+            if indices is not None:
+                frames = frames[torch.tensor(indices).clamp(max=frames.shape[0] - 1)]
+        frames = fit_frames(frames, request.width, request.height)  # (T, H, W, 3) uint8
+        if not request.group_aligned:
+            return self.model.encode_video(frames)
+        # Whole groups: the first frame once more in front becomes latent 0, which is dropped.
+        return self.model.encode_video(torch.cat([frames[:1], frames]))[:, 1:]
+
+    async def encode(self, request: EncodeRequest) -> torch.Tensor:
+        return await self._thread.run(self._encode, request)
 
 
 @serve.deployment
@@ -47,3 +70,6 @@ class Decoder:
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self.engine.decode_tile(request)
+
+    async def encode(self, request: EncodeRequest) -> torch.Tensor:
+        return await self.engine.encode(request)

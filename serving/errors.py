@@ -40,6 +40,10 @@ class ResourceExhaustedError(TesseraError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PermissionDeniedError(TesseraError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPreconditionError(TesseraError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -63,6 +67,7 @@ def error_from_code(code_name: str, message: str) -> TesseraError:
         NotFoundError,
         UnauthenticatedError,
         ResourceExhaustedError,
+        PermissionDeniedError,
         FailedPreconditionError,
         UnavailableError,
         CancelledError,

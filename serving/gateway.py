@@ -89,7 +89,7 @@ class Gateway:
         """Progress events, then the final job; a failed or cancelled job also ends with its status."""
         async for event in self.manager.watch(tenant, job_id):
             if event.record is None:
-                yield pb.GenerateEvent(job_id=job_id, progress=progress_to_proto(event.progress))
+                yield pb.GenerateEvent(job_id=job_id, progress=progress_to_proto(event.progress, self.store))
                 continue
             yield pb.GenerateEvent(job_id=job_id, job=job_to_proto(event.record, self.store))
             if event.record.state == JobState.FAILED:

@@ -29,9 +29,12 @@ class Conditioning:
     caption: str
     """The caption the model sees (the expanded prompt, or the prompt itself)."""
     expander: str
-    """Which backend produced the caption ('builtin', 'none', ...)."""
+    """Which backend produced the caption ('builtin', 'hf_causal_lm', 'openai', 'none', or
+    'builtin (fallback from <backend>)')."""
     text: TextConditioning
     negative_text: TextConditioning
+    expansion_note: str = ""
+    """Why the configured backend fell back to the built-in expander; empty when it did not."""
 
 
 @dataclasses.dataclass
@@ -54,6 +57,27 @@ class DecodeTileRequest:
     fps: float
     poster_frame: int | None = None
     """Index within this tile of the frame to return as the poster PNG, if any."""
+    encode_video: bool = True
+    """False for a still image: only the poster PNG comes back (``mp4`` is empty)."""
+
+
+@dataclasses.dataclass
+class EncodeRequest:
+    """Frames to latents with the VAE's encoder (image/video inputs, and the loop's re-encoded start).
+
+    Exactly one source: ``media`` (an image or video file, decoded on the replica), ``frames``,
+    or ``latents`` (decoded first). The chosen frames are scaled to cover ``width`` x ``height``
+    and centre-cropped. ``group_aligned`` encodes them as whole latent groups, to be placed after
+    the first latent frame of a video (see ``serving/jobs/layout.py``)."""
+
+    width: int
+    height: int
+    media: bytes | None = None
+    frames: torch.Tensor | None = None  # (T, H, W, 3) uint8
+    latents: torch.Tensor | None = None  # (C, T, h, w)
+    frame_indices: tuple[int, ...] | None = None
+    """Frames of the source to encode, in order (repeats allowed); None: all."""
+    group_aligned: bool = False
 
 
 @dataclasses.dataclass
@@ -68,11 +92,13 @@ class DecodedTile:
 class Stages(Protocol):
     """What the job runner needs from the model stages."""
 
-    async def condition(self, prompt: str, negative_prompt: str, expand: bool) -> Conditioning: ...
+    async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning: ...
 
     def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]: ...
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile: ...
+
+    async def encode(self, request: EncodeRequest) -> torch.Tensor: ...
 
 
 class ServeStages:
@@ -83,8 +109,8 @@ class ServeStages:
         self._denoiser = denoiser.options(stream=True)
         self._decoder = decoder
 
-    async def condition(self, prompt: str, negative_prompt: str, expand: bool) -> Conditioning:
-        return await self._expander.condition.remote(prompt, negative_prompt, expand)
+    async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
+        return await self._expander.condition.remote(prompt, negative_prompt, expand, character)
 
     async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
         async for update in self._denoiser.advance.remote(work):
@@ -92,6 +118,9 @@ class ServeStages:
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._decoder.decode_tile.remote(request)
+
+    async def encode(self, request: EncodeRequest) -> torch.Tensor:
+        return await self._decoder.encode.remote(request)
 
 
 class LocalStages:
@@ -102,8 +131,8 @@ class LocalStages:
         self._denoiser = denoiser
         self._decoder = decoder
 
-    async def condition(self, prompt: str, negative_prompt: str, expand: bool) -> Conditioning:
-        return await self._expander.condition(prompt, negative_prompt, expand)
+    async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
+        return await self._expander.condition(prompt, negative_prompt, expand, character)
 
     async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
         async for update in self._denoiser.advance(work):
@@ -111,6 +140,9 @@ class LocalStages:
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._decoder.decode_tile(request)
+
+    async def encode(self, request: EncodeRequest) -> torch.Tensor:
+        return await self._decoder.encode(request)
 
 
 class ModelThread:

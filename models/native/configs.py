@@ -139,7 +139,12 @@ class NativeConfig(BaseModel):
 
 VARIANTS: dict[str, NativeConfig] = {
     # Shipped default: trains on 2 CPU cores in about two hours (see models/train).
-    "tiny": NativeConfig(name="tiny", vae=VAEConfig(latent_channels=8)),
+    "tiny": NativeConfig(
+        name="tiny",
+        vae=VAEConfig(latent_channels=8),
+        dit=DiTConfig(hidden_size=160, depth=5, num_heads=4),
+        sampler=SamplerConfig(shift=3.0),  # matches the training noise levels (train_dit --sigma-shift)
+    ),
     # Realistic sizes for GPU benchmarks; no shipped weights.
     "1b": NativeConfig(
         name="1b",

@@ -171,8 +171,8 @@ class NativeVideoModel(VideoModel):
         return value
 
     # -- text -----------------------------------------------------------------------------
-    def expand(self, prompt: str) -> str:
-        return captions.expand(prompt)
+    def expand(self, prompt: str, character: str = "") -> str:
+        return captions.expand(prompt, character)
 
     def encode_text(self, prompts: list[str]) -> list[TextConditioning]:
         return self._require("text", self.text_encoder).encode(prompts)

@@ -202,14 +202,39 @@ def unknown_words(prompt: str) -> list[str]:
     return [word for word in _WORD.findall(prompt.lower()) if word not in _KNOWN_WORDS]
 
 
-def expand(prompt: str) -> str:
+IDENTITY_KEYS = ("colour", "shape", "size")
+"""Attributes that make up what a subject *is*; a shared character description fixes them for every shot."""
+
+
+def with_character(shot: Attributes, character: Attributes) -> Attributes:
+    """A shot's attributes with a shared character's identity imposed.
+
+    The character wins on identity (colour, shape, size) so every shot shows the same subject;
+    the shot wins on what happens (motion, speed, background), and the character only fills gaps.
+    """
+    merged = {**character, **shot}
+    merged.update({key: character[key] for key in IDENTITY_KEYS if key in character})
+    return merged
+
+
+def expand(prompt: str, character: str = "") -> str:
     """Deterministic re-captioning of a short prompt into the detailed style.
 
     A prompt that is already detailed (parses to the same caption) comes back unchanged;
     words the shapes world does not know are kept after the template.
+
+    ``character`` is a description shared by every shot of a multi-shot video: its identity
+    attributes override the shot's (:func:`with_character`), and words of it the world does not
+    know are carried verbatim as ``Character: ...``, identical in every shot's caption.
     """
     prompt = prompt.strip()
-    caption = detailed_caption(parse_prompt(prompt))
+    character = character.strip()
+    if character:
+        caption = detailed_caption(with_character(parse_prompt(prompt), parse_prompt(character)))
+        if unknown_words(character):
+            caption += f" Character: {character.rstrip('.')}."
+    else:
+        caption = detailed_caption(parse_prompt(prompt))
     if prompt == caption:
         return caption
     extra = unknown_words(prompt)

@@ -241,17 +241,26 @@ def summarize(scores: Sequence[ClipScore]) -> dict[str, float | int | None]:
     }
 
 
-def seam_jumps(frames: np.ndarray | torch.Tensor, seam_pairs: Sequence[int]) -> dict[str, float]:
+def seam_jumps(
+    frames: np.ndarray | torch.Tensor, seam_pairs: Sequence[int], control_pairs: Sequence[int] | None = None
+) -> dict[str, float]:
     """Centroid jumps across tile seams vs. inside tiles.
 
     ``seam_pairs`` are indices ``i`` of frame pairs ``(i, i+1)`` that straddle a seam. A seamless
-    video has ``seam_mean / inside_mean`` near 1.
+    video has ``seam_mean / inside_mean`` near 1. ``inside`` is every other pair, or only
+    ``control_pairs`` when given: e.g. the latent-frame boundaries inside windows, where a model
+    whose latent frames jump would jump anyway, so the ratio isolates what tiling adds.
     """
     jumps = track_object(frames).jumps()
     seam_mask = np.zeros(len(jumps), dtype=bool)
     seam_mask[[i for i in seam_pairs if 0 <= i < len(jumps)]] = True
+    control_mask = ~seam_mask
+    if control_pairs is not None:
+        control_mask = np.zeros(len(jumps), dtype=bool)
+        control_mask[[i for i in control_pairs if 0 <= i < len(jumps)]] = True
+        control_mask &= ~seam_mask
     seam = jumps[seam_mask & np.isfinite(jumps)]
-    inside = jumps[~seam_mask & np.isfinite(jumps)]
+    inside = jumps[control_mask & np.isfinite(jumps)]
     seam_mean = float(seam.mean()) if len(seam) else float("nan")
     inside_mean = float(inside.mean()) if len(inside) else float("nan")
     return {

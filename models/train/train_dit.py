@@ -107,10 +107,14 @@ def make_batch(rng: np.random.Generator, buckets, bank, batch_scale: float = 1.0
     return x0, tokens, token_mask, bucket.fps[clips].float(), mask
 
 
-def flow_loss(dit: DiT, batch, generator: torch.Generator) -> torch.Tensor:
+def flow_loss(dit: DiT, batch, generator: torch.Generator, sigma_shift: float = 1.0) -> torch.Tensor:
     x0, tokens, token_mask, fps, mask = batch
     b = x0.shape[0]
-    sigma = torch.sigmoid(torch.randn(b, generator=generator))  # logit-normal noise levels
+    # Logit-normal noise levels, shifted towards high noise: where the object's place and path
+    # are decided. Unshifted, sigma > 0.9 is drawn 1.4% of the time and the sampler's first
+    # steps are barely trained (frames came out coherent in colour but not in motion).
+    u = torch.sigmoid(torch.randn(b, generator=generator))
+    sigma = sigma_shift * u / (1 + (sigma_shift - 1) * u)
     noise = torch.randn(x0.shape, generator=generator)
     s = sigma.view(b, 1, 1, 1, 1)
     given = mask[:, None, :, None, None].bool()
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-scale", type=float, default=1.0, help="multiplies the tokens per batch")
     parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--sigma-shift", type=float, default=3.0, help="shift of the training noise levels towards 1")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         dit.train()
-        loss = flow_loss(dit, batch, step_generator(args.seed, step))
+        loss = flow_loss(dit, batch, step_generator(args.seed, step), args.sigma_shift)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0).item()

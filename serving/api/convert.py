@@ -6,13 +6,43 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tessera.serving.api import tessera_pb2 as pb
 from tessera.serving.jobs.records import JobRecord, JobState, Progress, Stage
-from tessera.serving.jobs.spec import GenerationRequest
+from tessera.serving.jobs.spec import GenerationRequest, MediaInput, Mode, ShotRequest, ShotTransition
 from tessera.serving.storage import ObjectStore
+
+
+_MEDIA_FIELDS = ("from_image", "extend_video", "edit_video", "transition_from", "transition_to")
+
+
+def _media_from_proto(message: pb.GenerateRequest, name: str) -> MediaInput | None:
+    if not message.HasField(name):
+        return None
+    media = getattr(message, name)
+    if not media.uri and not media.data:
+        return None
+    return MediaInput(uri=media.uri, data=media.data if media.data else None)
 
 
 def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
     """proto3 scalars have no 'unset': zero means 'use the default' except where the field is optional."""
     return GenerationRequest(
+        aspect_ratio=message.aspect_ratio,
+        short_side=message.short_side or None,
+        image=message.image,
+        image_is_last_frame=message.image_is_last_frame,
+        extend_seconds=message.extend_seconds or None,
+        backward=message.backward,
+        strength=message.strength if message.HasField("strength") else None,
+        transition_seconds=message.transition_seconds or None,
+        loop=message.loop,
+        shots=tuple(
+            ShotRequest(
+                prompt=shot.prompt, duration_s=shot.duration_s,
+                transition=ShotTransition.BLEND if shot.transition == pb.BLEND else ShotTransition.CUT,
+            )
+            for shot in message.shots
+        ),
+        character=message.character,
+        **{name: _media_from_proto(message, name) for name in _MEDIA_FIELDS},
         prompt=message.prompt,
         negative_prompt=message.negative_prompt,
         duration_s=message.duration_s or None,
@@ -30,8 +60,25 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
 
 
 def request_to_proto(request: GenerationRequest) -> pb.GenerateRequest:
-    fields = request.model_dump(exclude_none=True)
-    return pb.GenerateRequest(**fields)
+    """The request as a message; inline media carries its bytes when it still has them, else only their SHA-256."""
+    fields = request.model_dump(exclude_none=True, exclude={*_MEDIA_FIELDS, "shots"})
+    message = pb.GenerateRequest(**fields)
+    for name in _MEDIA_FIELDS:
+        media: MediaInput | None = getattr(request, name)
+        if media is not None and media.is_set:
+            target = getattr(message, name)
+            target.uri = media.uri
+            if media.data is not None:
+                target.data = media.data
+            elif media.sha256:
+                target.sha256 = media.sha256
+    for shot in request.shots:
+        message.shots.add(prompt=shot.prompt, duration_s=shot.duration_s, transition=pb.ShotTransition.Value(shot.transition.value))
+    return message
+
+
+def mode_to_proto(mode: Mode) -> int:
+    return pb.GenerationMode.Value(f"MODE_{mode.name}")
 
 
 def state_to_proto(state: JobState) -> int:
@@ -44,8 +91,8 @@ def state_from_proto(value: int) -> JobState | None:
     return JobState(pb.JobState.Name(value))
 
 
-def progress_to_proto(progress: Progress) -> pb.Progress:
-    return pb.Progress(
+def progress_to_proto(progress: Progress, store: ObjectStore) -> pb.Progress:
+    message = pb.Progress(
         stage=pb.Stage.Value(f"STAGE_{progress.stage.value}"),
         step=progress.step,
         total_steps=progress.total_steps,
@@ -53,6 +100,10 @@ def progress_to_proto(progress: Progress) -> pb.Progress:
         total_segments=progress.total_segments,
         fraction=progress.fraction,
     )
+    if progress.segment_key:
+        message.segment_uri = store.uri(progress.segment_key)
+        message.segment_url = store.presign_get(progress.segment_key)
+    return message
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -67,7 +118,7 @@ def job_to_proto(record: JobRecord, store: ObjectStore) -> pb.Job:
     job = pb.Job(
         job_id=record.job_id,
         state=state_to_proto(record.state),
-        progress=progress_to_proto(record.progress),
+        progress=progress_to_proto(record.progress, store),
         expanded_prompt=record.expanded_prompt,
         seed=spec.seed,
         timings=pb.StageTimings(**record.timings.model_dump()),
@@ -80,10 +131,15 @@ def job_to_proto(record: JobRecord, store: ObjectStore) -> pb.Job:
         num_frames=spec.num_frames,
         fps=spec.fps,
         duration_s=spec.duration_s,
+        mode=mode_to_proto(spec.mode),
     )
     if record.state == JobState.SUCCEEDED:
-        job.video_uri = store.uri(record.video_key)
-        job.video_url = store.presign_get(record.video_key)
+        if record.video_key:
+            job.video_uri = store.uri(record.video_key)
+            job.video_url = store.presign_get(record.video_key)
+        if record.image_key:
+            job.image_uri = store.uri(record.image_key)
+            job.image_url = store.presign_get(record.image_key)
         job.poster_uri = store.uri(record.poster_key)
         job.poster_url = store.presign_get(record.poster_key)
         job.manifest_uri = store.uri(record.manifest_key)

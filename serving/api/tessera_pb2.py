@@ -25,39 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/serving/api/tessera.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x12\n\nnum_frames\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x07 \x01(\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05steps\x18\t \x01(\x05\x12\x1b\n\x0eguidance_scale\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\x12\x1d\n\x15skip_prompt_expansion\x18\r \x01(\x08\x42\x07\n\x05_seedB\x11\n\x0f_guidance_scale\"\x90\x01\n\x08Progress\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x15\n\rsegments_done\x18\x04 \x01(\x05\x12\x16\n\x0etotal_segments\x18\x05 \x01(\x05\x12\x10\n\x08\x66raction\x18\x06 \x01(\x01\"|\n\x0cStageTimings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x10\n\x08\x65xpand_s\x18\x02 \x01(\x01\x12\x11\n\tdenoise_s\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x12\n\nfinalize_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xae\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.tessera.v1.Progress\x12\x11\n\tvideo_uri\x18\x04 \x01(\t\x12\x11\n\tvideo_url\x18\x05 \x01(\t\x12\x12\n\nposter_uri\x18\x06 \x01(\t\x12\x14\n\x0cmanifest_uri\x18\x07 \x01(\t\x12\x17\n\x0f\x65xpanded_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x04\x12)\n\x07timings\x18\n \x01(\x0b\x32\x18.tessera.v1.StageTimings\x12#\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x14.tessera.v1.JobError\x12,\n\x07request\x18\x0c \x01(\x0b\x32\x1b.tessera.v1.GenerateRequest\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x0f \x01(\t\x12\r\n\x05width\x18\x10 \x01(\x05\x12\x0e\n\x06height\x18\x11 \x01(\x05\x12\x12\n\nnum_frames\x18\x12 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x13 \x01(\x01\x12\x12\n\nduration_s\x18\x14 \x01(\x01\x12\x12\n\nposter_url\x18\x15 \x01(\t\"r\n\rGenerateEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ProgressH\x00\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x0f.tessera.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.tessera.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*\x9b\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x1a\n\x16STAGE_EXPANDING_PROMPT\x10\x02\x12\x13\n\x0fSTAGE_DENOISING\x10\x03\x12\x12\n\x0eSTAGE_DECODING\x10\x04\x12\x14\n\x10STAGE_FINALIZING\x10\x05\x12\x0e\n\nSTAGE_DONE\x10\x06\x32\x91\x03\n\x0fVideoGeneration\x12\x44\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12\x39\n\tSubmitJob\x12\x1b.tessera.v1.GenerateRequest\x1a\x0f.tessera.v1.Job\x12\x34\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x0f.tessera.v1.Job\x12\x44\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12:\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x0f.tessera.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/serving/api/tessera.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x06\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x12\n\nnum_frames\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x07 \x01(\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05steps\x18\t \x01(\x05\x12\x1b\n\x0eguidance_scale\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12\x10\n\x08priority\x18\x0c \x01(\x05\x12\x1d\n\x15skip_prompt_expansion\x18\r \x01(\x08\x12\x14\n\x0c\x61spect_ratio\x18\x1c \x01(\t\x12\x12\n\nshort_side\x18\x1d \x01(\x05\x12\r\n\x05image\x18\x0e \x01(\x08\x12%\n\nfrom_image\x18\x0f \x01(\x0b\x32\x11.tessera.v1.Media\x12\x1b\n\x13image_is_last_frame\x18\x10 \x01(\x08\x12\'\n\x0c\x65xtend_video\x18\x11 \x01(\x0b\x32\x11.tessera.v1.Media\x12\x16\n\x0e\x65xtend_seconds\x18\x12 \x01(\x01\x12\x10\n\x08\x62\x61\x63kward\x18\x13 \x01(\x08\x12%\n\nedit_video\x18\x14 \x01(\x0b\x32\x11.tessera.v1.Media\x12\x15\n\x08strength\x18\x15 \x01(\x01H\x02\x88\x01\x01\x12*\n\x0ftransition_from\x18\x16 \x01(\x0b\x32\x11.tessera.v1.Media\x12(\n\rtransition_to\x18\x17 \x01(\x0b\x32\x11.tessera.v1.Media\x12\x1a\n\x12transition_seconds\x18\x18 \x01(\x01\x12\x0c\n\x04loop\x18\x19 \x01(\x08\x12\x1f\n\x05shots\x18\x1a \x03(\x0b\x32\x10.tessera.v1.Shot\x12\x11\n\tcharacter\x18\x1b \x01(\tB\x07\n\x05_seedB\x11\n\x0f_guidance_scaleB\x0b\n\t_strength\"2\n\x05Media\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"Z\n\x04Shot\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12.\n\ntransition\x18\x03 \x01(\x0e\x32\x1a.tessera.v1.ShotTransition\"\xba\x01\n\x08Progress\x12 \n\x05stage\x18\x01 \x01(\x0e\x32\x11.tessera.v1.Stage\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x15\n\rsegments_done\x18\x04 \x01(\x05\x12\x16\n\x0etotal_segments\x18\x05 \x01(\x05\x12\x10\n\x08\x66raction\x18\x06 \x01(\x01\x12\x13\n\x0bsegment_uri\x18\x07 \x01(\t\x12\x13\n\x0bsegment_url\x18\x08 \x01(\t\"|\n\x0cStageTimings\x12\x10\n\x08queued_s\x18\x01 \x01(\x01\x12\x10\n\x08\x65xpand_s\x18\x02 \x01(\x01\x12\x11\n\tdenoise_s\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x12\n\nfinalize_s\x18\x05 \x01(\x01\x12\x0f\n\x07total_s\x18\x06 \x01(\x01\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfe\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tessera.v1.JobState\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.tessera.v1.Progress\x12\x11\n\tvideo_uri\x18\x04 \x01(\t\x12\x11\n\tvideo_url\x18\x05 \x01(\t\x12\x12\n\nposter_uri\x18\x06 \x01(\t\x12\x14\n\x0cmanifest_uri\x18\x07 \x01(\t\x12\x17\n\x0f\x65xpanded_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x04\x12)\n\x07timings\x18\n \x01(\x0b\x32\x18.tessera.v1.StageTimings\x12#\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x14.tessera.v1.JobError\x12,\n\x07request\x18\x0c \x01(\x0b\x32\x1b.tessera.v1.GenerateRequest\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x0f \x01(\t\x12\r\n\x05width\x18\x10 \x01(\x05\x12\x0e\n\x06height\x18\x11 \x01(\x05\x12\x12\n\nnum_frames\x18\x12 \x01(\x05\x12\x0b\n\x03\x66ps\x18\x13 \x01(\x01\x12\x12\n\nduration_s\x18\x14 \x01(\x01\x12\x12\n\nposter_url\x18\x15 \x01(\t\x12\x11\n\timage_uri\x18\x16 \x01(\t\x12\x11\n\timage_url\x18\x17 \x01(\t\x12(\n\x04mode\x18\x18 \x01(\x0e\x32\x1a.tessera.v1.GenerationMode\"r\n\rGenerateEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.tessera.v1.ProgressH\x00\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x0f.tessera.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.tessera.v1.JobState\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.tessera.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*E\n\x0eShotTransition\x12\x1f\n\x1bSHOT_TRANSITION_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43UT\x10\x01\x12\t\n\x05\x42LEND\x10\x02*\xc0\x01\n\x0eGenerationMode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12MODE_TEXT_TO_VIDEO\x10\x01\x12\x0e\n\nMODE_IMAGE\x10\x02\x12\x17\n\x13MODE_IMAGE_TO_VIDEO\x10\x03\x12\x0f\n\x0bMODE_EXTEND\x10\x04\x12\r\n\tMODE_EDIT\x10\x05\x12\x13\n\x0fMODE_TRANSITION\x10\x06\x12\r\n\tMODE_LOOP\x10\x07\x12\x13\n\x0fMODE_MULTI_SHOT\x10\x08*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05*\x9b\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x1a\n\x16STAGE_EXPANDING_PROMPT\x10\x02\x12\x13\n\x0fSTAGE_DENOISING\x10\x03\x12\x12\n\x0eSTAGE_DECODING\x10\x04\x12\x14\n\x10STAGE_FINALIZING\x10\x05\x12\x0e\n\nSTAGE_DONE\x10\x06\x32\x91\x03\n\x0fVideoGeneration\x12\x44\n\x08Generate\x12\x1b.tessera.v1.GenerateRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12\x39\n\tSubmitJob\x12\x1b.tessera.v1.GenerateRequest\x1a\x0f.tessera.v1.Job\x12\x34\n\x06GetJob\x12\x19.tessera.v1.GetJobRequest\x1a\x0f.tessera.v1.Job\x12\x44\n\x08WatchJob\x12\x1b.tessera.v1.WatchJobRequest\x1a\x19.tessera.v1.GenerateEvent0\x01\x12:\n\tCancelJob\x12\x1c.tessera.v1.CancelJobRequest\x1a\x0f.tessera.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.tessera.v1.ListJobsRequest\x1a\x1c.tessera.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.serving.api.tessera_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1660
-  _globals['_JOBSTATE']._serialized_end=1764
-  _globals['_STAGE']._serialized_start=1767
-  _globals['_STAGE']._serialized_end=1922
+  _globals['_SHOTTRANSITION']._serialized_start=2389
+  _globals['_SHOTTRANSITION']._serialized_end=2458
+  _globals['_GENERATIONMODE']._serialized_start=2461
+  _globals['_GENERATIONMODE']._serialized_end=2653
+  _globals['_JOBSTATE']._serialized_start=2655
+  _globals['_JOBSTATE']._serialized_end=2759
+  _globals['_STAGE']._serialized_start=2762
+  _globals['_STAGE']._serialized_end=2917
   _globals['_GENERATEREQUEST']._serialized_start=83
-  _globals['_GENERATEREQUEST']._serialized_end=390
-  _globals['_PROGRESS']._serialized_start=393
-  _globals['_PROGRESS']._serialized_end=537
-  _globals['_STAGETIMINGS']._serialized_start=539
-  _globals['_STAGETIMINGS']._serialized_end=663
-  _globals['_JOBERROR']._serialized_start=665
-  _globals['_JOBERROR']._serialized_end=706
-  _globals['_JOB']._serialized_start=709
-  _globals['_JOB']._serialized_end=1267
-  _globals['_GENERATEEVENT']._serialized_start=1269
-  _globals['_GENERATEEVENT']._serialized_end=1383
-  _globals['_GETJOBREQUEST']._serialized_start=1385
-  _globals['_GETJOBREQUEST']._serialized_end=1416
-  _globals['_WATCHJOBREQUEST']._serialized_start=1418
-  _globals['_WATCHJOBREQUEST']._serialized_end=1451
-  _globals['_CANCELJOBREQUEST']._serialized_start=1453
-  _globals['_CANCELJOBREQUEST']._serialized_end=1487
-  _globals['_LISTJOBSREQUEST']._serialized_start=1489
-  _globals['_LISTJOBSREQUEST']._serialized_end=1582
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1584
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1658
-  _globals['_VIDEOGENERATION']._serialized_start=1925
-  _globals['_VIDEOGENERATION']._serialized_end=2326
+  _globals['_GENERATEREQUEST']._serialized_end=853
+  _globals['_MEDIA']._serialized_start=855
+  _globals['_MEDIA']._serialized_end=905
+  _globals['_SHOT']._serialized_start=907
+  _globals['_SHOT']._serialized_end=997
+  _globals['_PROGRESS']._serialized_start=1000
+  _globals['_PROGRESS']._serialized_end=1186
+  _globals['_STAGETIMINGS']._serialized_start=1188
+  _globals['_STAGETIMINGS']._serialized_end=1312
+  _globals['_JOBERROR']._serialized_start=1314
+  _globals['_JOBERROR']._serialized_end=1355
+  _globals['_JOB']._serialized_start=1358
+  _globals['_JOB']._serialized_end=1996
+  _globals['_GENERATEEVENT']._serialized_start=1998
+  _globals['_GENERATEEVENT']._serialized_end=2112
+  _globals['_GETJOBREQUEST']._serialized_start=2114
+  _globals['_GETJOBREQUEST']._serialized_end=2145
+  _globals['_WATCHJOBREQUEST']._serialized_start=2147
+  _globals['_WATCHJOBREQUEST']._serialized_end=2180
+  _globals['_CANCELJOBREQUEST']._serialized_start=2182
+  _globals['_CANCELJOBREQUEST']._serialized_end=2216
+  _globals['_LISTJOBSREQUEST']._serialized_start=2218
+  _globals['_LISTJOBSREQUEST']._serialized_end=2311
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2313
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2387
+  _globals['_VIDEOGENERATION']._serialized_start=2920
+  _globals['_VIDEOGENERATION']._serialized_end=3321
 # @@protoc_insertion_point(module_scope)

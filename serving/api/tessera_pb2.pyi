@@ -10,6 +10,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ShotTransition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHOT_TRANSITION_UNSPECIFIED: _ClassVar[ShotTransition]
+    CUT: _ClassVar[ShotTransition]
+    BLEND: _ClassVar[ShotTransition]
+
+class GenerationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_UNSPECIFIED: _ClassVar[GenerationMode]
+    MODE_TEXT_TO_VIDEO: _ClassVar[GenerationMode]
+    MODE_IMAGE: _ClassVar[GenerationMode]
+    MODE_IMAGE_TO_VIDEO: _ClassVar[GenerationMode]
+    MODE_EXTEND: _ClassVar[GenerationMode]
+    MODE_EDIT: _ClassVar[GenerationMode]
+    MODE_TRANSITION: _ClassVar[GenerationMode]
+    MODE_LOOP: _ClassVar[GenerationMode]
+    MODE_MULTI_SHOT: _ClassVar[GenerationMode]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -28,6 +46,18 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_DECODING: _ClassVar[Stage]
     STAGE_FINALIZING: _ClassVar[Stage]
     STAGE_DONE: _ClassVar[Stage]
+SHOT_TRANSITION_UNSPECIFIED: ShotTransition
+CUT: ShotTransition
+BLEND: ShotTransition
+MODE_UNSPECIFIED: GenerationMode
+MODE_TEXT_TO_VIDEO: GenerationMode
+MODE_IMAGE: GenerationMode
+MODE_IMAGE_TO_VIDEO: GenerationMode
+MODE_EXTEND: GenerationMode
+MODE_EDIT: GenerationMode
+MODE_TRANSITION: GenerationMode
+MODE_LOOP: GenerationMode
+MODE_MULTI_SHOT: GenerationMode
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 RUNNING: JobState
@@ -43,7 +73,7 @@ STAGE_FINALIZING: Stage
 STAGE_DONE: Stage
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "duration_s", "num_frames", "width", "height", "fps", "seed", "steps", "guidance_scale", "idempotency_key", "priority", "skip_prompt_expansion")
+    __slots__ = ("prompt", "negative_prompt", "duration_s", "num_frames", "width", "height", "fps", "seed", "steps", "guidance_scale", "idempotency_key", "priority", "skip_prompt_expansion", "aspect_ratio", "short_side", "image", "from_image", "image_is_last_frame", "extend_video", "extend_seconds", "backward", "edit_video", "strength", "transition_from", "transition_to", "transition_seconds", "loop", "shots", "character")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +87,22 @@ class GenerateRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     SKIP_PROMPT_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    ASPECT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    SHORT_SIDE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FROM_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_IS_LAST_FRAME_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_VIDEO_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    EDIT_VIDEO_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_FROM_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_TO_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOOP_FIELD_NUMBER: _ClassVar[int]
+    SHOTS_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     duration_s: float
@@ -70,23 +116,63 @@ class GenerateRequest(_message.Message):
     idempotency_key: str
     priority: int
     skip_prompt_expansion: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., duration_s: _Optional[float] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., skip_prompt_expansion: _Optional[bool] = ...) -> None: ...
+    aspect_ratio: str
+    short_side: int
+    image: bool
+    from_image: Media
+    image_is_last_frame: bool
+    extend_video: Media
+    extend_seconds: float
+    backward: bool
+    edit_video: Media
+    strength: float
+    transition_from: Media
+    transition_to: Media
+    transition_seconds: float
+    loop: bool
+    shots: _containers.RepeatedCompositeFieldContainer[Shot]
+    character: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., duration_s: _Optional[float] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., skip_prompt_expansion: _Optional[bool] = ..., aspect_ratio: _Optional[str] = ..., short_side: _Optional[int] = ..., image: _Optional[bool] = ..., from_image: _Optional[_Union[Media, _Mapping]] = ..., image_is_last_frame: _Optional[bool] = ..., extend_video: _Optional[_Union[Media, _Mapping]] = ..., extend_seconds: _Optional[float] = ..., backward: _Optional[bool] = ..., edit_video: _Optional[_Union[Media, _Mapping]] = ..., strength: _Optional[float] = ..., transition_from: _Optional[_Union[Media, _Mapping]] = ..., transition_to: _Optional[_Union[Media, _Mapping]] = ..., transition_seconds: _Optional[float] = ..., loop: _Optional[bool] = ..., shots: _Optional[_Iterable[_Union[Shot, _Mapping]]] = ..., character: _Optional[str] = ...) -> None: ...
+
+class Media(_message.Message):
+    __slots__ = ("data", "uri", "sha256")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    uri: str
+    sha256: str
+    def __init__(self, data: _Optional[bytes] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class Shot(_message.Message):
+    __slots__ = ("prompt", "duration_s", "transition")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    duration_s: float
+    transition: ShotTransition
+    def __init__(self, prompt: _Optional[str] = ..., duration_s: _Optional[float] = ..., transition: _Optional[_Union[ShotTransition, str]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("stage", "step", "total_steps", "segments_done", "total_segments", "fraction")
+    __slots__ = ("stage", "step", "total_steps", "segments_done", "total_segments", "fraction", "segment_uri", "segment_url")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_URI_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_URL_FIELD_NUMBER: _ClassVar[int]
     stage: Stage
     step: int
     total_steps: int
     segments_done: int
     total_segments: int
     fraction: float
-    def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., segments_done: _Optional[int] = ..., total_segments: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...
+    segment_uri: str
+    segment_url: str
+    def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., segments_done: _Optional[int] = ..., total_segments: _Optional[int] = ..., fraction: _Optional[float] = ..., segment_uri: _Optional[str] = ..., segment_url: _Optional[str] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("queued_s", "expand_s", "denoise_s", "decode_s", "finalize_s", "total_s")
@@ -113,7 +199,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "progress", "video_uri", "video_url", "poster_uri", "manifest_uri", "expanded_prompt", "seed", "timings", "error", "request", "created_at", "updated_at", "model", "width", "height", "num_frames", "fps", "duration_s", "poster_url")
+    __slots__ = ("job_id", "state", "progress", "video_uri", "video_url", "poster_uri", "manifest_uri", "expanded_prompt", "seed", "timings", "error", "request", "created_at", "updated_at", "model", "width", "height", "num_frames", "fps", "duration_s", "poster_url", "image_uri", "image_url", "mode")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +221,9 @@ class Job(_message.Message):
     FPS_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     POSTER_URL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     progress: Progress
@@ -156,7 +245,10 @@ class Job(_message.Message):
     fps: float
     duration_s: float
     poster_url: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., video_uri: _Optional[str] = ..., video_url: _Optional[str] = ..., poster_uri: _Optional[str] = ..., manifest_uri: _Optional[str] = ..., expanded_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_frames: _Optional[int] = ..., fps: _Optional[float] = ..., duration_s: _Optional[float] = ..., poster_url: _Optional[str] = ...) -> None: ...
+    image_uri: str
+    image_url: str
+    mode: GenerationMode
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., video_uri: _Optional[str] = ..., video_url: _Optional[str] = ..., poster_uri: _Optional[str] = ..., manifest_uri: _Optional[str] = ..., expanded_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., num_frames: _Optional[int] = ..., fps: _Optional[float] = ..., duration_s: _Optional[float] = ..., poster_url: _Optional[str] = ..., image_uri: _Optional[str] = ..., image_url: _Optional[str] = ..., mode: _Optional[_Union[GenerationMode, str]] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("job_id", "progress", "job")

@@ -29,7 +29,8 @@ from tessera.serving.errors import (
     TesseraError,
     UnavailableError,
 )
-from tessera.serving.jobs.planner import plan_render
+from tessera.serving.jobs.inputs import InputCollector, delete_inputs
+from tessera.serving.jobs.layout import plan_job
 from tessera.serving.jobs.records import JobRecord, JobState, JobStore, Progress, Stage, new_job_id
 from tessera.serving.jobs.runner import JobCancelled, Renderer
 from tessera.serving.jobs.spec import GenerationRequest
@@ -92,6 +93,7 @@ class JobManager:
         self.objects = store
         self.renderer = Renderer(model, stages, store, decode_ahead=config.tiling.decode_ahead)
         self.tiling = config.tiling.options(model.geometry)
+        self.inputs = InputCollector(store, config.limits)
         self._owned: dict[str, _OwnedJob] = {}
         self._queue: list[tuple[int, float, str]] = []  # (-priority, created_at, job_id)
         self._running = 0
@@ -131,19 +133,31 @@ class JobManager:
             existing = await asyncio.to_thread(self.store.find_idempotent, tenant, request)
             if existing is not None:
                 return await self.get(tenant, existing)
-            spec = resolve_request(request, self.model.card, self.config.limits)
-            plan_render(spec.num_frames, spec.height, spec.width, self.model.geometry, self.tiling)  # plannable?
+            # Media inputs are read and probed first, so validation knows what they hold.
+            collected = await asyncio.to_thread(self.inputs.collect, tenant, request)
+            media = {name: item.info for name, item in collected.items()}
+            spec = resolve_request(request, self.model.card, self.config.limits, media)
+            plan_job(spec, self.model.geometry, self.tiling)  # plannable?
             if len(self._queue) >= self.config.jobs.max_queued_jobs:
                 raise ResourceExhaustedError(
                     f"the queue is full ({self.config.jobs.max_queued_jobs} jobs waiting); retry later"
                 )
             now = time.time()
             record = JobRecord(
-                job_id=new_job_id(now), tenant=tenant, request=request, spec=spec, created_at=now, updated_at=now,
+                job_id=new_job_id(now), tenant=tenant, request=request.without_data(), spec=spec, created_at=now, updated_at=now,
                 model=self.model_name,
             )
-            job_id = await asyncio.to_thread(self.store.create, record)
+            if collected:  # kept beside the record, before the record exists, so a re-run finds them
+                await asyncio.to_thread(self.inputs.save, tenant, record.job_id, collected)
+            try:
+                job_id = await asyncio.to_thread(self.store.create, record)
+            except BaseException:
+                if collected:
+                    await asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id)
+                raise
             if job_id != record.job_id:  # another gateway bound the idempotency key first
+                if collected:
+                    await asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id)
                 return await self.get(tenant, job_id)
             self._own(record)
             return record.model_copy(deep=True)
@@ -251,7 +265,7 @@ class JobManager:
             record.attempts += 1
             await asyncio.to_thread(self.store.save, record)
             spec = record.spec
-            plan = plan_render(spec.num_frames, spec.height, spec.width, self.model.geometry, self.tiling)
+            plan = plan_job(spec, self.model.geometry, self.tiling)
 
             def report(progress: Progress) -> None:
                 record.progress = progress
@@ -271,10 +285,11 @@ class JobManager:
             result = await self.renderer.render(record, plan, report, check_cancelled)
             record.expanded_prompt = result.caption
             record.video_key, record.poster_key, record.manifest_key = result.video_key, result.poster_key, result.manifest_key
+            record.image_key = result.image_key
             record.timings = result.timings
             record.progress = Progress(
-                stage=Stage.DONE, step=spec.steps, total_steps=spec.steps, segments_done=len(plan.decode_tiles),
-                total_segments=len(plan.decode_tiles), fraction=1.0,
+                stage=Stage.DONE, step=spec.steps, total_steps=spec.steps, segments_done=len(plan.render.decode_tiles),
+                total_segments=len(plan.render.decode_tiles), fraction=1.0,
             )
             await self._finish(owned, JobState.SUCCEEDED)
         except JobCancelled:
@@ -310,5 +325,10 @@ class JobManager:
             await asyncio.to_thread(self.objects.delete, self._cancel_marker(record.tenant, record.job_id))
         except (StorageError, ObjectNotFoundError):
             pass
+        if record.spec.inputs:
+            try:
+                await asyncio.to_thread(delete_inputs, self.objects, record.tenant, record.job_id)
+            except StorageError:
+                logger.warning("could not delete the inputs of job %s", record.job_id)
         del self._owned[record.job_id]
         self._publish(owned, JobEvent(record.job_id, record=record.model_copy(deep=True)))

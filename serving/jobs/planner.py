@@ -109,6 +109,17 @@ class RenderPlan:
         group = steps if len(self.windows) == 1 else self.sync_every
         return [(first, min(first + group, steps)) for first in range(0, steps, group)]
 
+    def seam_frame_pairs(self, temporal_factor: int) -> list[int]:
+        """Indices ``i`` of output frame pairs ``(i, i+1)`` that straddle a tiling boundary.
+
+        Every place where a window starts or stops inside the video, and every decode tile
+        boundary: where a discontinuity from tiling would show (the seam metric's input)."""
+        boundaries = {w.start for w in self.windows[1:]} | {w.stop for w in self.windows[:-1]}
+        boundaries |= {t.start for t in self.decode_tiles[1:]}
+        # Latent frame k >= 1 starts at pixel frame 1 + f*(k-1): the pair before it straddles the seam.
+        pairs = {1 + temporal_factor * (k - 1) - 1 for k in boundaries if k >= 1}
+        return sorted(i for i in pairs if 0 <= i < self.num_frames - 1)
+
     def summary(self) -> dict:
         """The plan as plain data for the job's manifest."""
         return {

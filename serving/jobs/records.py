@@ -64,6 +64,8 @@ class Progress(_Record):
     segments_done: int = 0
     total_segments: int = 0
     fraction: float = 0.0
+    segment_key: str = ""
+    """Object key of the latest finished segment preview ('' until the first one)."""
 
 
 class Timings(_Record):
@@ -93,6 +95,7 @@ class JobRecord(_Record):
     video_key: str = Field("", description="Object key of the video, once SUCCEEDED.")
     poster_key: str = Field("", description="Object key of the poster image, once SUCCEEDED.")
     manifest_key: str = Field("", description="Object key of the manifest, once SUCCEEDED.")
+    image_key: str = Field("", description="Object key of the image (image mode, instead of a video), once SUCCEEDED.")
     timings: Timings = Field(default_factory=Timings, description="Seconds per stage.")
     error_code: str = Field("", description="gRPC status name when FAILED.")
     error_message: str = Field("", description="What went wrong, for the caller, when FAILED.")

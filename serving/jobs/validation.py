@@ -13,7 +13,8 @@ import secrets
 from tessera.models.interface import ModelCard
 from tessera.serving.config import LimitsConfig
 from tessera.serving.errors import InvalidRequestError
-from tessera.serving.jobs.spec import GenerationRequest, RenderSpec
+from tessera.serving.jobs import modes
+from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, Mode, RenderSpec
 
 MAX_SEED = 2**64 - 1
 MAX_GUIDANCE_SCALE = 30.0
@@ -56,8 +57,13 @@ def _check_side(name: str, value: int, card: ModelCard, max_side: int) -> int:
     return value
 
 
-def _resolve_fps(request: GenerationRequest, card: ModelCard) -> float:
+def _resolve_fps(request: GenerationRequest, card: ModelCard, media: dict[str, MediaInfo]) -> float:
     if request.fps is None:
+        # A video input's own rate when the model renders it, so its frames are used one to one.
+        for name in modes.VIDEO_FIELDS:
+            info = media.get(name)
+            if info is not None and card.limits.min_fps <= info.fps <= card.limits.max_fps:
+                return info.fps
         return card.limits.default_fps
     fps = _finite("fps", request.fps)
     if not card.limits.min_fps <= fps <= card.limits.max_fps:
@@ -90,16 +96,79 @@ def _resolve_frames(request: GenerationRequest, fps: float, limits: LimitsConfig
     return max(1, round(duration * fps))
 
 
-def resolve_request(request: GenerationRequest, card: ModelCard, limits: LimitsConfig) -> RenderSpec:
-    """Validate ``request`` and fill its defaults; raises :class:`InvalidRequestError`."""
-    prompt = _check_text("prompt", request.prompt, limits, required=True)
+def _parse_aspect(text: str) -> float:
+    parts = text.replace("/", ":").replace("x", ":").split(":")
+    try:
+        w, h = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidRequestError(f"aspect_ratio {text!r} is not of the form W:H, e.g. 16:9") from None
+    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0) or not 0.1 <= w / h <= 10:
+        raise InvalidRequestError(f"aspect_ratio {text!r} must be two positive numbers within 10:1 of each other")
+    return w / h
+
+
+def _resolve_size(request: GenerationRequest, card: ModelCard, limits: LimitsConfig, media: dict[str, MediaInfo]) -> tuple[int, int]:
+    """width/height as given; or from aspect_ratio and short_side; or the inputs' size; or the default."""
+    multiple = card.geometry.size_multiple
+    shaped = bool(request.aspect_ratio) or request.short_side is not None
+    if shaped and (request.width is not None or request.height is not None):
+        raise InvalidRequestError("set width/height or aspect_ratio/short_side, not both")
+    default = (limits.default_width or card.limits.default_width, limits.default_height or card.limits.default_height)
+    sizes = {(info.width, info.height) for info in media.values()}
+    if shaped:
+        base = next(iter(sizes)) if len(sizes) == 1 else default
+        aspect = _parse_aspect(request.aspect_ratio) if request.aspect_ratio else base[0] / base[1]
+        short = request.short_side if request.short_side is not None else min(base)
+        if short <= 0:
+            raise InvalidRequestError(f"short_side must be a positive number of pixels, got {short}")
+        long = short * max(aspect, 1 / aspect)
+        short_px, long_px = (max(multiple, round(v / multiple) * multiple) for v in (short, long))
+        return (long_px, short_px) if aspect >= 1 else (short_px, long_px)
+    if request.width is not None or request.height is not None:
+        return (request.width if request.width is not None else default[0],
+                request.height if request.height is not None else default[1])
+    if not media:
+        return default
+    if len(sizes) > 1:
+        listed = ", ".join(f"{name} {info.width}x{info.height}" for name, info in media.items())
+        raise InvalidRequestError(f"the inputs differ in size ({listed}); set width and height (they are scaled to it)")
+    width, height = sizes.pop()
+    name = next(iter(media))
+    if any(side % multiple or not card.limits.min_side <= side <= card.limits.max_side for side in (width, height)):
+        raise InvalidRequestError(
+            f"{name} is {width}x{height}, which is not a size this model renders (sides multiples of {multiple}, "
+            f"{card.limits.min_side} to {card.limits.max_side} px); set width and height, or aspect_ratio and "
+            f"short_side, and the input is scaled to cover that size and centre-cropped"
+        )
+    return width, height
+
+
+def resolve_request(
+    request: GenerationRequest, card: ModelCard, limits: LimitsConfig, media: dict[str, MediaInfo] | None = None
+) -> RenderSpec:
+    """Validate ``request`` and fill its defaults; raises :class:`InvalidRequestError`.
+
+    ``media`` holds what each media input of the request was probed to contain (by field name);
+    it is required for every input the request sets."""
+    media = media or {}
+    mode = modes.detect_mode(request)
+    missing = set(request.media()) - set(media)
+    if missing:
+        raise ValueError(f"inputs {sorted(missing)} were not probed before validation")
+    modes.check_media(mode, media)
+    prompt = _check_text("prompt", request.prompt, limits, required=mode != Mode.MULTI_SHOT)
     negative_prompt = _check_text("negative_prompt", request.negative_prompt, limits, required=False)
-    fps = _resolve_fps(request, card)
-    num_frames = _resolve_frames(request, fps, limits)
+    fps = _resolve_fps(request, card, media)
+    requested = None
+    if mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO, Mode.LOOP):
+        requested = _resolve_frames(request, fps, limits)
+    elif mode == Mode.EDIT and (request.duration_s is not None or request.num_frames is not None):
+        requested = _resolve_frames(request, fps, limits)
+    mode_fields = modes.resolve_mode(request, mode, media, fps, requested, card.geometry, limits)
+    num_frames = mode_fields["num_frames"]
 
     max_side = card.limits.max_image_side if num_frames == 1 else card.limits.max_side
-    width = request.width if request.width is not None else (limits.default_width or card.limits.default_width)
-    height = request.height if request.height is not None else (limits.default_height or card.limits.default_height)
+    width, height = _resolve_size(request, card, limits, media)
     width = _check_side("width", width, card, max_side)
     height = _check_side("height", height, card, max_side)
 
@@ -126,6 +195,7 @@ def resolve_request(request: GenerationRequest, card: ModelCard, limits: LimitsC
             f"idempotency_key must be 1 to {limits.max_idempotency_key_chars} printable ASCII characters without spaces"
         )
 
+    mode_fields.pop("num_frames")
     return RenderSpec(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -138,4 +208,6 @@ def resolve_request(request: GenerationRequest, card: ModelCard, limits: LimitsC
         guidance_scale=guidance,
         expand_prompt=not request.skip_prompt_expansion,
         priority=request.priority,
+        mode=mode,
+        **mode_fields,
     )

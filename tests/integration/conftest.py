@@ -28,7 +28,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    runner = StackRunner(tmp_path_factory.mktemp("stack"), config={"model": {"allow_random_weights": True}}, grpc_port=free_port(), s3_port=free_port(), num_cpus=2)  # TEMP until weights land
+    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=free_port(), s3_port=free_port(), num_cpus=2)
     try:
         config = runner.start()
         client = TesseraClient(f"127.0.0.1:{config.grpc.port}")

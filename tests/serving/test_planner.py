@@ -112,3 +112,32 @@ def test_one_frame_image():
 def test_tiling_options_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TilingOptions(**kwargs)
+
+
+def test_seam_pairs_mark_window_and_tile_boundaries():
+    plan = plan_render(160, 64, 64, GEOMETRY, OPTIONS)  # 20 s at 8 fps: 41 latent frames
+    pairs = plan.seam_frame_pairs(GEOMETRY.temporal_factor)
+    starts = [w.start for w in plan.windows[1:]] + [t.start for t in plan.decode_tiles[1:]]
+    for start in starts:
+        assert 1 + GEOMETRY.temporal_factor * (start - 1) - 1 in pairs
+    assert all(0 <= i < 159 for i in pairs) and pairs == sorted(set(pairs))
+    assert plan_render(16, 64, 64, GEOMETRY, OPTIONS).seam_frame_pairs(4) == []  # one window, one tile
+
+
+def test_fusion_keeps_agreed_frames_and_blends_overlaps():
+    import torch
+
+    from tessera.serving.jobs.runner import fuse_windows
+
+    windows = plan_windows(20, 8, 3)
+    video = torch.randn(2, 20, 3, 3)
+    agreed = fuse_windows(windows, [video[:, w.start : w.stop] for w in windows], 20)
+    torch.testing.assert_close(agreed, video)  # weights are a partition of unity
+
+    # Each window says a different constant: overlapped frames land between the two values.
+    outputs = [torch.full((1, w.length, 1, 1), float(w.index)) for w in windows]
+    fused = fuse_windows(windows, outputs, 20)[0, :, 0, 0]
+    for t in range(20):
+        covering = [w.index for w in windows if w.start <= t < w.stop]
+        assert min(covering) - 1e-6 <= fused[t] <= max(covering) + 1e-6
+    assert fused.tolist() == sorted(fused.tolist()), "ramps make the blend monotone across overlaps"

@@ -1,0 +1,367 @@
+"""Time tiling benchmarks (issue: long videos tiled by time segments).
+
+    python bench/tiling_bench.py length     # 2..60 s: wall and peak RSS, tiled vs naive single window
+    python bench/tiling_bench.py replicas   # one long video on 1 and 2 Denoiser replicas
+    python bench/tiling_bench.py seams      # seam jump / in-window jump over 20 long videos
+    python bench/tiling_bench.py overhead   # Serve + gRPC vs the same stage calls in one process
+    python bench/tiling_bench.py all
+
+Every render uses the shipped tiny model at 64x64, 8 fps. In-process renders run in a fresh
+subprocess each (``_local``) so their peak RSS (``ru_maxrss``) is their own. Results:
+``bench/results/tiling_<experiment>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import RssSampler, embedded_store, median, plot, serve_stack, write_results  # noqa: E402
+
+SIZE = 64
+FPS = 8
+NAIVE = {"window_frames": 10_000, "decode_tile_frames": 10_000}
+"""Tiling options that make one window and one decode tile of any video (the naive baseline)."""
+
+
+def _request(prompt: str, duration: float, steps: int, seed: int) -> dict:
+    return {"prompt": prompt, "duration_s": duration, "width": SIZE, "height": SIZE, "fps": FPS, "steps": steps, "seed": seed}
+
+
+# -- in-process renders (one subprocess per batch) ----------------------------------------
+
+
+def _local_main(args: argparse.Namespace) -> None:
+    """Render ``args.requests`` in this process with LocalTessera; print one JSON line of results."""
+    from tessera.serving.config import TesseraConfig
+    from tessera.serving.jobs.spec import GenerationRequest
+    from tessera.serving.local import LocalTessera
+    from tessera.serving.video import decode_frames
+
+    document = json.loads(args.config)
+    requests = json.loads(args.requests)
+
+    async def run() -> list[dict]:
+        local = LocalTessera(TesseraConfig.model_validate(document))
+        await local.start()
+        try:
+            if args.warmup:
+                await local.render(GenerationRequest(**_request("a red circle moving left", 1.0, 2, 0)))
+            results = []
+            for request in requests:
+                record, wall = await local.render(GenerationRequest(**request))
+                item = {"request": request, "wall_s": wall, "timings": record.timings.model_dump(), "job_id": record.job_id}
+                if args.keep_frames:
+                    manifest = json.loads(local.store.get_bytes(record.manifest_key))
+                    frames = decode_frames(local.store.get_bytes(record.video_key))
+                    item["seam_frame_pairs"] = manifest["plan"]["seam_frame_pairs"]
+                    item["frames_file"] = str(Path(args.keep_frames) / f"{record.job_id}.npy")
+                    np.save(item["frames_file"], frames)
+                results.append(item)
+            return results
+        finally:
+            await local.stop()
+
+    results = asyncio.run(run())
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"results": results, "peak_rss_mib": round(peak_mib, 1)}), flush=True)
+
+
+def run_local(config: dict, requests: list[dict], *, warmup: bool = True, keep_frames: str | None = None) -> dict:
+    command = [sys.executable, __file__, "_local", "--config", json.dumps(config), "--requests", json.dumps(requests)]
+    if warmup:
+        command.append("--warmup")
+    if keep_frames:
+        command += ["--keep-frames", keep_frames]
+    output = subprocess.run(command, capture_output=True, text=True)
+    for line in output.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"local render failed:\n{output.stdout[-2000:]}\n{output.stderr[-4000:]}")
+
+
+MODEL: dict = {}
+"""The ``model`` config section of every render (``--random-weights`` for a dry run of the bench itself)."""
+
+
+def _deployments(denoiser_replicas: int = 1, denoiser_threads: int = 2) -> dict:
+    return {
+        "gateway": {"num_cpus": 0.1, "max_ongoing_requests": 64},
+        "prompt_expander": {"num_cpus": 0.1, "torch_threads": 1},
+        "denoiser": {"num_cpus": 0.5, "num_replicas": denoiser_replicas, "torch_threads": denoiser_threads,
+                     "max_ongoing_requests": 32},
+        "decoder": {"num_cpus": 0.5, "torch_threads": 2},
+    }
+
+
+def _serve_render(client, request: dict) -> tuple[dict, float]:
+    started = time.monotonic()
+    job = client.generate(**request)
+    wall = time.monotonic() - started
+    timings = {f.name: getattr(job.timings, f.name) for f in job.timings.DESCRIPTOR.fields}
+    return {"request": request, "wall_s": wall, "timings": timings, "job_id": job.job_id}, wall
+
+
+# -- experiments ---------------------------------------------------------------------------
+
+
+def length(args: argparse.Namespace) -> dict:
+    durations = args.durations
+    base = {"model": MODEL, "deployments": _deployments()}
+    rows: dict[str, list[dict]] = {"tiled": [], "naive": []}
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+        for mode, tiling in (("tiled", {}), ("naive", NAIVE)):
+            for duration in durations:
+                config = {**base, "storage": storage, "tiling": tiling}
+                out = run_local(config, [_request("a blue square moving right", duration, args.steps, 1)])
+                result = out["results"][0]
+                row = {"duration_s": duration, "wall_s": result["wall_s"], "s_per_video_s": result["wall_s"] / duration,
+                       "peak_rss_mib": out["peak_rss_mib"], "timings": result["timings"]}
+                rows[mode].append(row)
+                print(f"{mode:6s} {duration:5.1f} s video: {row['wall_s']:7.2f} s wall, {row['s_per_video_s']:.3f} s/video-s, "
+                      f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+
+    serve_rows = []
+    with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), base, num_cpus=4) as (client, _):
+        _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))  # warm-up
+        for duration in durations:
+            with RssSampler() as sampler:
+                result, wall = _serve_render(client, _request("a blue square moving right", duration, args.steps, 1))
+            serve_rows.append({"duration_s": duration, "wall_s": wall, "s_per_video_s": wall / duration,
+                               "peak_rss_mib": sampler.peaks(), "timings": result["timings"]})
+            print(f"serve  {duration:5.1f} s video: {wall:7.2f} s wall, peaks {sampler.peaks()}", flush=True)
+
+    def spread(series: list[dict]) -> dict:
+        per = [r["s_per_video_s"] for r in series]
+        mid = median(per)
+        return {"median_s_per_video_s": mid, "max_deviation": max(abs(p - mid) / mid for p in per)}
+
+    def memory_ratio(series: list[dict], key=lambda r: r["peak_rss_mib"]) -> float | None:
+        by = {r["duration_s"]: key(r) for r in series}
+        return by[60] / by[5] if 60 in by and 5 in by else None
+
+    def serve_total(row: dict) -> float:
+        return sum(v for k, v in row["peak_rss_mib"].items() if not k.startswith("ray:idle"))
+
+    def serve_max_replica(row: dict) -> float:
+        return max(v for k, v in row["peak_rss_mib"].items() if k.split("#")[0] in ("Gateway", "PromptExpander", "Denoiser", "Decoder"))
+
+    summary = {
+        "tiled": {**spread(rows["tiled"]), "peak_rss_60s_over_5s": memory_ratio(rows["tiled"])},
+        "naive": {**spread(rows["naive"]), "peak_rss_60s_over_5s": memory_ratio(rows["naive"])},
+        "serve": {**spread(serve_rows), "largest_replica_rss_60s_over_5s": memory_ratio(serve_rows, serve_max_replica),
+                  "all_processes_rss_60s_over_5s": memory_ratio(serve_rows, serve_total)},
+    }
+
+    def draw(plt) -> None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for mode, series in (("tiled (in-process)", rows["tiled"]), ("naive one window", rows["naive"]), ("Serve + gRPC", serve_rows)):
+            left.plot([r["duration_s"] for r in series], [r["s_per_video_s"] for r in series], marker="o", label=mode)
+        left.set(xlabel="video length (s)", ylabel="wall seconds per video second", title=f"{SIZE}x{SIZE}, {FPS} fps, {args.steps} steps")
+        left.set_ylim(bottom=0)
+        left.legend()
+        right.plot([r["duration_s"] for r in rows["tiled"]], [r["peak_rss_mib"] for r in rows["tiled"]], marker="o", label="tiled (whole process)")
+        right.plot([r["duration_s"] for r in rows["naive"]], [r["peak_rss_mib"] for r in rows["naive"]], marker="o", label="naive (whole process)")
+        right.plot([r["duration_s"] for r in serve_rows], [serve_max_replica(r) for r in serve_rows], marker="o", label="Serve: largest replica")
+        right.set(xlabel="video length (s)", ylabel="peak RSS (MiB)", title="memory")
+        right.set_ylim(bottom=0)
+        right.legend()
+
+    data = {"steps": args.steps, "size": SIZE, "fps": FPS, "summary": summary, "tiled": rows["tiled"], "naive": rows["naive"],
+            "serve": serve_rows}
+    write_results("tiling_length", data)
+    plot("tiling_length", draw)
+    return summary
+
+
+def replicas(args: argparse.Namespace) -> dict:
+    request = _request("a green circle moving up", args.long_s, args.steps, 3)
+    runs = {}
+    for count in (1, 2):
+        config = {"model": MODEL, "deployments": _deployments(denoiser_replicas=count, denoiser_threads=1)}
+        with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), config, num_cpus=4) as (client, _):
+            _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))  # warm-up every replica's first call
+            _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))
+            walls, denoise = [], []
+            for _ in range(args.repeats):
+                result, wall = _serve_render(client, request)
+                walls.append(wall)
+                denoise.append(result["timings"]["denoise_s"])
+            runs[count] = {"wall_s": walls, "denoise_s": denoise, "median_wall_s": median(walls), "median_denoise_s": median(denoise)}
+            print(f"{count} denoiser replica(s): median {median(walls):.2f} s wall, {median(denoise):.2f} s denoising", flush=True)
+    summary = {
+        "speedup_wall": runs[1]["median_wall_s"] / runs[2]["median_wall_s"],
+        "speedup_denoise": runs[1]["median_denoise_s"] / runs[2]["median_denoise_s"],
+    }
+    print(summary)
+
+    def draw(plt) -> None:
+        plt.figure(figsize=(5, 4))
+        plt.bar(["1 replica", "2 replicas"], [runs[1]["median_wall_s"], runs[2]["median_wall_s"]], label="total wall")
+        plt.bar(["1 replica", "2 replicas"], [runs[1]["median_denoise_s"], runs[2]["median_denoise_s"]], label="denoising", alpha=0.7)
+        plt.ylabel("seconds (median)")
+        plt.title(f"{args.long_s:.0f} s video, 1 torch thread per replica\nspeedup {summary['speedup_wall']:.2f}x wall, {summary['speedup_denoise']:.2f}x denoising")
+        plt.legend()
+
+    write_results("tiling_replicas", {"request": request, "repeats": args.repeats, "summary": summary, "runs": runs})
+    plot("tiling_replicas", draw)
+    return summary
+
+
+def seams(args: argparse.Namespace) -> dict:
+    from tessera.models.shapes.evaluate import seam_jumps, score_clip
+
+    rng = np.random.default_rng(7)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    shapes = ["circle", "square"]
+    motions = ["left", "right", "up", "down"]
+    requests = []
+    for index in range(args.videos):
+        colour, shape, motion = rng.choice(colours), rng.choice(shapes), motions[index % 4]
+        requests.append(_request(f"a {colour} {shape} moving {motion}", args.seam_s, args.steps, 100 + index))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+        frames_dir = Path(tmp) / "frames"
+        frames_dir.mkdir()
+        out = run_local({"model": MODEL, "deployments": _deployments(), "storage": storage}, requests, keep_frames=str(frames_dir))
+        for result in out["results"]:
+            frames = np.load(result["frames_file"])
+            seam = seam_jumps(frames, result["seam_frame_pairs"])
+            # Control: the other latent-frame boundaries (pairs (4k, 4k+1)), inside windows.
+            boundaries = list(range(0, frames.shape[0] - 1, 4))
+            seam_vs_boundaries = seam_jumps(frames, result["seam_frame_pairs"], control_pairs=boundaries)
+            score = score_clip(frames, expected={"motion": result["request"]["prompt"].split()[-1]})
+            rows.append({"prompt": result["request"]["prompt"], "seed": result["request"]["seed"], **seam,
+                         "boundary_mean": seam_vs_boundaries["inside_mean"], "ratio_vs_boundaries": seam_vs_boundaries["ratio"],
+                         "direction": score.direction, "visibility": score.visibility,
+                         "seam_pairs": len(result["seam_frame_pairs"])})
+            print(f"{result['request']['prompt']:32s} seam {seam['seam_mean']:.2f}px inside {seam['inside_mean']:.2f}px "
+                  f"ratio {seam['ratio']:.2f} (vs latent boundaries {seam_vs_boundaries['ratio']:.2f}) "
+                  f"visible {score.visibility:.2f}", flush=True)
+    ratios = [r["ratio"] for r in rows if np.isfinite(r["ratio"])]
+    seam_all = [r["seam_mean"] for r in rows if np.isfinite(r["seam_mean"])]
+    inside_all = [r["inside_mean"] for r in rows if np.isfinite(r["inside_mean"])]
+    boundary_ratios = [r["ratio_vs_boundaries"] for r in rows if np.isfinite(r["ratio_vs_boundaries"])]
+    summary = {
+        "videos": len(rows),
+        "scored_videos": len(ratios),
+        "median_ratio_vs_latent_boundaries": median(boundary_ratios) if boundary_ratios else None,
+        "median_ratio": median(ratios) if ratios else None,
+        "mean_ratio": float(np.mean(ratios)) if ratios else None,
+        "pooled_ratio": float(np.mean(seam_all) / np.mean(inside_all)) if seam_all else None,
+        "mean_visibility": float(np.mean([r["visibility"] for r in rows])),
+    }
+    print(summary)
+
+    def draw(plt) -> None:
+        plt.figure(figsize=(6, 4))
+        plt.hist(ratios, bins=12, alpha=0.6, label="vs all in-window frame pairs")
+        plt.hist(boundary_ratios, bins=12, alpha=0.6, label="vs latent-frame boundaries in windows")
+        plt.axvline(1.5, color="red", linestyle="--", label="goal <= 1.5")
+        plt.xlabel("seam jump / in-window jump")
+        plt.ylabel("videos")
+        plt.title(f"{len(ratios)} videos of {args.seam_s:.0f} s: median {summary['median_ratio']:.2f}")
+        plt.legend()
+
+    write_results("tiling_seams", {"seconds": args.seam_s, "steps": args.steps, "summary": summary, "videos": rows})
+    plot("tiling_seams", draw)
+    return summary
+
+
+def overhead(args: argparse.Namespace) -> dict:
+    clips = {"2s": _request("a yellow square moving down", 2.0, args.steps, 5),
+             "20s": _request("a yellow square moving down", 20.0, args.steps, 5)}
+    base = {"model": MODEL, "deployments": _deployments()}
+    local: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+        for name, request in clips.items():
+            out = run_local({**base, "storage": storage}, [request] * args.repeats)
+            local[name] = out["results"]
+    served: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), base, num_cpus=4) as (client, config):
+        _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))
+        for name, request in clips.items():
+            served[name] = [_serve_render(client, request)[0] for _ in range(args.repeats)]
+
+    from tessera.models.native.configs import get_config
+    from tessera.serving.config import TilingConfig
+    from tessera.serving.jobs.planner import plan_render
+
+    geometry = get_config("tiny").geometry()
+    summary = {}
+    for name, request in clips.items():
+        plan = plan_render(int(round(request["duration_s"] * FPS)), SIZE, SIZE, geometry, TilingConfig().options(geometry))
+        calls = len(plan.windows) * len(plan.step_groups(request["steps"])) + len(plan.decode_tiles) + 1
+        local_wall = median([r["wall_s"] for r in local[name]])
+        serve_wall = median([r["wall_s"] for r in served[name]])
+        stages = {}
+        for stage in ("expand_s", "denoise_s", "decode_s", "finalize_s"):
+            stages[stage] = {"local": median([r["timings"][stage] for r in local[name]]),
+                             "serve": median([r["timings"][stage] for r in served[name]])}
+        summary[name] = {
+            "local_wall_s": local_wall, "serve_wall_s": serve_wall, "overhead": serve_wall / local_wall - 1,
+            "stage_calls": calls, "per_call_ms": 1000 * (serve_wall - local_wall) / calls, "stages": stages,
+        }
+        print(f"{name}: local {local_wall:.2f} s, Serve+gRPC {serve_wall:.2f} s, overhead {100 * summary[name]['overhead']:.1f}% "
+              f"({calls} stage calls, {summary[name]['per_call_ms']:.1f} ms per call)", flush=True)
+
+    def draw(plt) -> None:
+        fig, axes = plt.subplots(1, len(clips), figsize=(10, 4))
+        for axis, name in zip(axes, clips):
+            stages = summary[name]["stages"]
+            labels = list(stages)
+            x = np.arange(len(labels))
+            axis.bar(x - 0.2, [stages[s]["local"] for s in labels], 0.4, label="one process")
+            axis.bar(x + 0.2, [stages[s]["serve"] for s in labels], 0.4, label="Serve + gRPC")
+            axis.set_xticks(x, [s.removesuffix("_s") for s in labels])
+            axis.set(ylabel="seconds (median)", title=f"{name} clip: +{100 * summary[name]['overhead']:.1f}% wall")
+            axis.legend()
+
+    write_results("tiling_overhead", {"repeats": args.repeats, "summary": summary, "local": local, "serve": served})
+    plot("tiling_overhead", draw)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["length", "replicas", "seams", "overhead", "all", "_local"])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--durations", type=float, nargs="+", default=[2, 5, 10, 20, 40, 60])
+    parser.add_argument("--long-s", type=float, default=20.0, help="video length of the replica experiment")
+    parser.add_argument("--seam-s", type=float, default=12.0, help="video length of the seam experiment")
+    parser.add_argument("--videos", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--random-weights", action="store_true", help="dry run of the bench code with an untrained model")
+    # internal (_local)
+    parser.add_argument("--config")
+    parser.add_argument("--requests")
+    parser.add_argument("--warmup", action="store_true")
+    parser.add_argument("--keep-frames")
+    args = parser.parse_args(argv)
+    if args.random_weights:
+        MODEL["allow_random_weights"] = True
+        MODEL["weights_dir"] = tempfile.mkdtemp(prefix="tessera-random-")
+    if args.experiment == "_local":
+        _local_main(args)
+        return
+    experiments = {"length": length, "replicas": replicas, "seams": seams, "overhead": overhead}
+    chosen = list(experiments) if args.experiment == "all" else [args.experiment]
+    for name in chosen:
+        started = time.monotonic()
+        print(f"== {name}", flush=True)
+        experiments[name](args)
+        print(f"== {name} took {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
