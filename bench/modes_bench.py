@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import embedded_store, write_results  # noqa: E402
+from harness import RESULTS, embedded_store, plot, write_results  # noqa: E402
 
 SIZE, FPS, STEPS = 64, 8, 20
 MOTIONS = ("left", "right", "up", "down")
@@ -159,11 +159,52 @@ async def _measure(config: dict, seeds: int) -> dict:
     return {mode: {"runs": len(values), **summary(values)} for mode, values in rows.items()}
 
 
+def draw_modes(results: dict) -> None:
+    """Left: PSNR of kept frames per mode against the VAE's own round trip. Right: SDEdit's trade."""
+
+    def draw(plt) -> None:
+        fig, (kept, edit) = plt.subplots(1, 2, figsize=(11, 4))
+        bars = [
+            ("i2v first", results["image_to_video"]["first_frame_psnr"]),
+            ("i2v last", results["image_to_video_last"]["last_frame_psnr"]),
+            ("extend fwd", results["extend_forward"]["kept_psnr"]),
+            ("extend back", results["extend_backward"]["kept_psnr"]),
+            ("transition A", results["transition"]["start_psnr"]),
+            ("transition B", results["transition"]["end_psnr"]),
+            ("A vs B", results["transition"]["start_vs_other"]),
+        ]
+        kept.bar([name for name, _ in bars], [value for _, value in bars], color=["C0"] * 6 + ["C7"])
+        kept.axhline(results["vae_round_trip"]["psnr"], color="C3", linestyle="--", label="VAE round trip of the input")
+        kept.set_ylabel("PSNR of kept frames (dB)")
+        kept.set_title("given frames kept (unrelated clips in grey)")
+        kept.tick_params(axis="x", rotation=35)
+        kept.legend(loc="lower left")
+        strengths = sorted(float(key.split("_")[1]) for key in results if key.startswith("edit_"))
+        rows = [results[f"edit_{s}"] for s in strengths]
+        edit.plot(strengths, [r["psnr_to_input"] for r in rows], "o-", label="PSNR to the input (dB)")
+        edit.set_xlabel("strength")
+        edit.set_ylabel("PSNR to the input (dB)")
+        share = edit.twinx()
+        green = [r["colour"].get("green", 0) / r["runs"] for r in rows]
+        share.plot(strengths, green, "s--", color="C2", label="share in the prompt's colour")
+        share.set_ylim(-0.05, 1.05)
+        share.set_ylabel("share in the prompt's colour")
+        edit.set_title("SDEdit: input red, prompt green")
+        handles = edit.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
+        edit.legend(handles, [h.get_label() for h in handles], loc="center left")
+
+    plot("modes", draw)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--weights", help="weights folder (default: the shipped tiny model)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from bench/results/modes.json")
     args = parser.parse_args()
+    if args.plot_only:
+        draw_modes(json.loads((RESULTS / "modes.json").read_text())["modes"])
+        return
     with tempfile.TemporaryDirectory() as home, embedded_store(Path(home)) as storage:
         config = {"storage": storage}
         if args.weights:
@@ -174,6 +215,7 @@ def main() -> None:
         print(mode, json.dumps(values))
     write_results("modes", {"seeds": args.seeds, "size": SIZE, "fps": FPS, "steps": STEPS,
                             "wall_s": time.monotonic() - started, "modes": results})
+    draw_modes(results)
 
 
 if __name__ == "__main__":
