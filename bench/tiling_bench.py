@@ -34,8 +34,8 @@ NAIVE = {"window_frames": 10_000, "decode_tile_frames": 10_000}
 """Tiling options that make one window and one decode tile of any video (the naive baseline)."""
 
 
-def _request(prompt: str, duration: float, steps: int, seed: int) -> dict:
-    return {"prompt": prompt, "duration_s": duration, "width": SIZE, "height": SIZE, "fps": FPS, "steps": steps, "seed": seed}
+def _request(prompt: str, duration: float, steps: int, seed: int, size: int = SIZE) -> dict:
+    return {"prompt": prompt, "duration_s": duration, "width": size, "height": size, "fps": FPS, "steps": steps, "seed": seed}
 
 
 # -- in-process renders (one subprocess per batch) ----------------------------------------
@@ -185,7 +185,7 @@ def length(args: argparse.Namespace) -> dict:
 
 
 def replicas(args: argparse.Namespace) -> dict:
-    request = _request("a green circle moving up", args.long_s, args.steps, 3)
+    request = _request("a green circle moving up", args.long_s, args.steps, 3, args.replica_size)
     runs = {}
     for count in (1, 2):
         config = {"model": MODEL, "deployments": _deployments(denoiser_replicas=count, denoiser_threads=1)}
@@ -210,7 +210,7 @@ def replicas(args: argparse.Namespace) -> dict:
         plt.bar(["1 replica", "2 replicas"], [runs[1]["median_wall_s"], runs[2]["median_wall_s"]], label="total wall")
         plt.bar(["1 replica", "2 replicas"], [runs[1]["median_denoise_s"], runs[2]["median_denoise_s"]], label="denoising", alpha=0.7)
         plt.ylabel("seconds (median)")
-        plt.title(f"{args.long_s:.0f} s video, 1 torch thread per replica\nspeedup {summary['speedup_wall']:.2f}x wall, {summary['speedup_denoise']:.2f}x denoising")
+        plt.title(f"{args.long_s:.0f} s video at {args.replica_size} px, 1 torch thread per replica\nspeedup {summary['speedup_wall']:.2f}x wall, {summary['speedup_denoise']:.2f}x denoising")
         plt.legend()
 
     write_results("tiling_replicas", {"request": request, "repeats": args.repeats, "summary": summary, "runs": runs})
@@ -295,13 +295,16 @@ def overhead(args: argparse.Namespace) -> dict:
 
     from tessera.models.native.configs import get_config
     from tessera.serving.config import TilingConfig
-    from tessera.serving.jobs.planner import plan_render
+    from tessera.serving.jobs.planner import plan_render, window_batches
 
     geometry = get_config("tiny").geometry()
+    tiling = TilingConfig()
     summary = {}
     for name, request in clips.items():
-        plan = plan_render(int(round(request["duration_s"] * FPS)), SIZE, SIZE, geometry, TilingConfig().options(geometry))
-        calls = len(plan.windows) * len(plan.step_groups(request["steps"])) + len(plan.decode_tiles) + 1
+        plan = plan_render(int(round(request["duration_s"] * FPS)), SIZE, SIZE, geometry, tiling.options(geometry))
+        # Denoiser calls per step group: one streamed call for one window, else batches over 1 replica.
+        per_group = 1 if len(plan.windows) == 1 else len(window_batches(len(plan.windows), 1, tiling.max_windows_per_call))
+        calls = per_group * len(plan.step_groups(request["steps"])) + len(plan.decode_tiles) + 1
         local_wall = median([r["wall_s"] for r in local[name]])
         serve_wall = median([r["wall_s"] for r in served[name]])
         stages = {}
@@ -338,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--durations", type=float, nargs="+", default=[2, 5, 10, 20, 40, 60])
     parser.add_argument("--long-s", type=float, default=20.0, help="video length of the replica experiment")
+    parser.add_argument("--replica-size", type=int, default=128,
+                        help="frame side of the replica experiment: large enough that a window step outweighs a hop")
     parser.add_argument("--seam-s", type=float, default=12.0, help="video length of the seam experiment")
     parser.add_argument("--videos", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)

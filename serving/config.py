@@ -94,6 +94,11 @@ class DeploymentConfig(_Strict):
         """torch threads for a replica: explicit, or the whole CPUs it reserved."""
         return self.torch_threads or max(1, int(self.num_cpus))
 
+    @property
+    def most_replicas(self) -> int:
+        """The most replicas this deployment can have: ``num_replicas``, or the autoscaling bound."""
+        return self.num_replicas if self.num_replicas is not None else self.autoscaling.max_replicas
+
     def serve_options(self) -> dict:
         """Keyword arguments for ``Deployment.options``."""
         actor_options: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
@@ -185,6 +190,12 @@ class TilingConfig(_Strict):
     sync_every_steps: int = Field(1, ge=1, description="Sampler steps between fusions of overlapping windows (1: tightest coupling).")
     decode_tile_frames: int | None = Field(None, ge=1, description="Latent frames per decode tile; None: the model's native window.")
     decode_ahead: int = Field(4, ge=1, description="Decode tiles in flight at once per job (bounds memory; spreads over Decoder replicas).")
+    max_windows_per_call: int = Field(
+        4, ge=1,
+        description="Most windows of one step group sent to the Denoiser in one call and run as one batch. A long "
+        "video's windows are spread over as many calls as the Denoiser can have replicas, and more when a call "
+        "would exceed this (it bounds a replica's activation memory). 1: one call per window.",
+    )
 
     def options(self, geometry) -> TilingOptions:
         window = self.window_frames or geometry.native_window

@@ -1,7 +1,9 @@
 """Denoiser stage: a stateless step server.
 
 A call carries one time window of one video (latents, noise levels, conditioning, guidance,
-given frames) and streams back progress after every sampler step, then the advanced latents.
+given frames) and streams back progress after every sampler step, then the advanced latents;
+or, for long videos, several windows of one step group at once (``advance_batch``: one reply,
+one batched forward pass per step, so the hop is paid once for the lot).
 Nothing stays on the replica between calls, so any replica can take any window of any job at
 any step: long videos spread over all replicas, and a new replica helps in-flight jobs at once.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 
+import torch
 from ray import serve
 
 from tessera.models.config import ModelConfig
@@ -35,6 +38,21 @@ class DenoiserEngine:
             last = index == steps - 1
             yield DenoiseUpdate(steps_done=index + 1, latents=latents if last else None)
 
+    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+        if not works:
+            raise ValueError("advance_batch needs at least one work item")
+        sigmas = works[0].sigmas
+        if len(sigmas) < 2 or any(work.sigmas != sigmas for work in works):
+            raise ValueError("every window of a batch must share the same noise levels (at least two)")
+        latents = [work.latents for work in works]
+        for index in range(len(sigmas) - 1):
+            items = [
+                dataclasses.replace(work, latents=current, sigmas=tuple(sigmas[index : index + 2]))
+                for work, current in zip(works, latents, strict=True)
+            ]
+            latents = await self._thread.run(self.model.step, items)
+        return latents
+
 
 @serve.deployment
 class Denoiser:
@@ -46,3 +64,6 @@ class Denoiser:
     async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
         async for update in self.engine.advance(work):
             yield update
+
+    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+        return await self.engine.advance_batch(works)

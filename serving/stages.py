@@ -96,6 +96,10 @@ class Stages(Protocol):
 
     def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]: ...
 
+    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+        """Several windows advanced through the same noise levels in one call, as one batch."""
+        ...
+
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile: ...
 
     async def encode(self, request: EncodeRequest) -> torch.Tensor: ...
@@ -106,15 +110,19 @@ class ServeStages:
 
     def __init__(self, expander, denoiser, decoder):
         self._expander = expander
-        self._denoiser = denoiser.options(stream=True)
+        self._denoiser_stream = denoiser.options(stream=True)
+        self._denoiser = denoiser
         self._decoder = decoder
 
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
         return await self._expander.condition.remote(prompt, negative_prompt, expand, character)
 
     async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
-        async for update in self._denoiser.advance.remote(work):
+        async for update in self._denoiser_stream.advance.remote(work):
             yield update
+
+    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+        return await self._denoiser.advance_batch.remote(works)
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._decoder.decode_tile.remote(request)
@@ -137,6 +145,9 @@ class LocalStages:
     async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
         async for update in self._denoiser.advance(work):
             yield update
+
+    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+        return await self._denoiser.advance_batch(works)
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._decoder.decode_tile(request)

@@ -91,7 +91,11 @@ class JobManager:
         self.model = model
         self.store = JobStore(store)
         self.objects = store
-        self.renderer = Renderer(model, stages, store, decode_ahead=config.tiling.decode_ahead)
+        self.renderer = Renderer(
+            model, stages, store, decode_ahead=config.tiling.decode_ahead,
+            denoiser_replicas=config.deployments.denoiser.most_replicas,
+            max_windows_per_call=config.tiling.max_windows_per_call,
+        )
         self.tiling = config.tiling.options(model.geometry)
         self.inputs = InputCollector(store, config.limits)
         self._owned: dict[str, _OwnedJob] = {}

@@ -166,6 +166,18 @@ def plan_windows(latent_frames: int, window: int, min_overlap: int) -> tuple[Win
     )
 
 
+def window_batches(windows: int, replicas: int, max_per_call: int) -> tuple[tuple[int, ...], ...]:
+    """Window indices grouped into the Denoiser calls of one step group.
+
+    As many calls as there can be replicas (so every replica has work), more when a call would
+    hold more than ``max_per_call`` windows; windows spread evenly, neighbours together."""
+    if windows < 1 or replicas < 1 or max_per_call < 1:
+        raise ValueError(f"windows, replicas and max_per_call must be >= 1, got {windows}, {replicas}, {max_per_call}")
+    calls = min(windows, max(replicas, math.ceil(windows / max_per_call)))
+    bounds = [round(i * windows / calls) for i in range(calls + 1)]
+    return tuple(tuple(range(bounds[i], bounds[i + 1])) for i in range(calls))
+
+
 def plan_decode_tiles(
     latent_frames: int, num_frames: int, geometry: LatentGeometry, tile: int, context: int
 ) -> tuple[DecodeTile, ...]:

@@ -34,7 +34,7 @@ from tessera.serving.errors import CancelledError
 from tessera.serving.jobs.inputs import read_input
 from tessera.serving.jobs.layout import JobPlan, Placement
 from tessera.serving.jobs.modes import shot_text
-from tessera.serving.jobs.planner import RenderPlan, Window
+from tessera.serving.jobs.planner import RenderPlan, Window, window_batches
 from tessera.serving.jobs.records import JobRecord, Progress, Stage, Timings
 from tessera.serving.jobs.spec import Mode
 from tessera.serving.stages import Conditioning, DecodeTileRequest, EncodeRequest, Stages
@@ -80,11 +80,17 @@ class OutputKeys:
 class Renderer:
     """Renders jobs through :class:`Stages` into an :class:`ObjectStore`."""
 
-    def __init__(self, model: VideoModel, stages: Stages, store: ObjectStore, decode_ahead: int):
+    def __init__(
+        self, model: VideoModel, stages: Stages, store: ObjectStore, decode_ahead: int,
+        denoiser_replicas: int = 1, max_windows_per_call: int = 1,
+    ):
         self.model = model
         self.stages = stages
         self.store = store
         self.decode_ahead = decode_ahead
+        self.denoiser_replicas = denoiser_replicas
+        """The most Denoiser replicas there can be: a long video's windows go out in at least this many calls."""
+        self.max_windows_per_call = max_windows_per_call
 
     async def render(
         self,
@@ -202,15 +208,16 @@ class Renderer:
             roll = job_plan.roll(index)
             latents = torch.roll(latents, shifts=-roll, dims=1) if roll else latents
 
-            async def advance(window: Window, conditioning: Conditioning) -> torch.Tensor:
+            def work_of(window: Window, conditioning: Conditioning) -> DenoiseWork | None:
+                """The window's work item; None when all its frames are given (nothing to generate)."""
                 frames = None
                 if given is not None:
                     mask = given.mask[window.start : window.stop]
-                    if bool(mask.all()):  # nothing to generate in this window
-                        return given.latents[:, window.start : window.stop].clone()
+                    if bool(mask.all()):
+                        return None
                     if bool(mask.any()):
                         frames = FrameCondition(given.latents[:, window.start : window.stop].contiguous(), mask.contiguous())
-                work = DenoiseWork(
+                return DenoiseWork(
                     latents=latents[:, window.start : window.stop].contiguous(),
                     sigmas=group_sigmas,
                     text=conditioning.text,
@@ -219,18 +226,31 @@ class Renderer:
                     fps=spec.fps,
                     frames=frames,
                 )
-                result = None
-                async for update in self.stages.advance(work):
-                    if len(windows) == 1:
-                        on_step(first + update.steps_done)
-                        await check_cancelled()
-                    if update.latents is not None:
-                        result = update.latents
-                if result is None:
-                    raise RuntimeError(f"denoiser stream for window {window.index} ended without latents")
-                return result
 
-            outputs = await gather_or_cancel(advance(w, c) for w, c in zip(windows, window_conditionings, strict=True))
+            works = [work_of(w, c) for w, c in zip(windows, window_conditionings, strict=True)]
+            outputs: list[torch.Tensor | None] = [
+                None if work is not None else given.latents[:, w.start : w.stop].clone() for w, work in zip(windows, works)
+            ]
+            todo = [i for i, work in enumerate(works) if work is not None]
+            if len(windows) == 1 and todo:
+                # One window: one streamed call, with progress after every sampler step.
+                async for update in self.stages.advance(works[0]):
+                    on_step(first + update.steps_done)
+                    await check_cancelled()
+                    if update.latents is not None:
+                        outputs[0] = update.latents
+                if outputs[0] is None:
+                    raise RuntimeError("denoiser stream ended without latents")
+            elif todo:
+                # Several windows: batched calls, spread over the Denoiser's replicas.
+                batches = [[todo[i] for i in batch] for batch in window_batches(len(todo), self.denoiser_replicas, self.max_windows_per_call)]
+                results = await gather_or_cancel(self.stages.advance_batch([works[i] for i in batch]) for batch in batches)
+                for batch, batch_results in zip(batches, results, strict=True):
+                    if len(batch_results) != len(batch):
+                        raise RuntimeError(f"the denoiser returned {len(batch_results)} windows for a batch of {len(batch)}")
+                    for i, result in zip(batch, batch_results):
+                        outputs[i] = result
+
             if len(windows) == 1:
                 latents = outputs[0]
             else:

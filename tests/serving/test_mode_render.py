@@ -48,7 +48,7 @@ def clip(frames: int = 17):
     return render(ClipSpec("red", "circle", "large", "medium", "right", "black", 64, 64, 8.0, frames, (0.3, 0.5)))
 
 
-def denoise(engines, store, tenant: str, **fields) -> tuple[torch.Tensor, object, JobRecord, Renderer]:
+def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, **fields) -> tuple[torch.Tensor, object, JobRecord, Renderer]:
     config, stages = engines
     model = load_model(config, parts=())
     request = GenerationRequest(prompt="a red circle moving right", width=64, height=64, fps=8, steps=3, seed=1, **fields)
@@ -58,7 +58,7 @@ def denoise(engines, store, tenant: str, **fields) -> tuple[torch.Tensor, object
     record = JobRecord(job_id="job", tenant=tenant, request=request.without_data(), spec=spec, created_at=0.0, updated_at=0.0)
     collector.save(tenant, "job", collected)
     plan = plan_job(spec, model.geometry, OPTIONS)
-    renderer = Renderer(model, stages, store, decode_ahead=2)
+    renderer = Renderer(model, stages, store, decode_ahead=2, max_windows_per_call=max_windows_per_call)
 
     async def run():
         conditioning = await stages.condition(spec.prompt, "", False)
@@ -73,6 +73,13 @@ def denoise(engines, store, tenant: str, **fields) -> tuple[torch.Tensor, object
 
 def encode(engines, **fields) -> torch.Tensor:
     return asyncio.run(engines[1].encode(EncodeRequest(64, 64, **fields)))
+
+
+def test_batched_windows_match_one_call_per_window(engines, object_store, key_prefix):
+    batched, plan, _, _ = denoise(engines, object_store, key_prefix, duration_s=4)
+    single, _, _, _ = denoise(engines, object_store, key_prefix, max_windows_per_call=1, duration_s=4)
+    assert len(plan.render.windows) >= 4, "several windows in batches of up to 4 and of 1"
+    assert torch.allclose(batched, single, atol=1e-4), (batched - single).abs().max()
 
 
 def test_extended_frames_stay_exact_through_fusion(engines, object_store, key_prefix):

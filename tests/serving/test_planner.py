@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tessera.models.interface import LatentGeometry
-from tessera.serving.jobs.planner import TilingOptions, plan_decode_tiles, plan_render, plan_windows
+from tessera.serving.jobs.planner import TilingOptions, plan_decode_tiles, plan_render, plan_windows, window_batches
 
 GEOMETRY = LatentGeometry(
     latent_channels=8, spatial_factor=8, temporal_factor=4, patch_size=(1, 2, 2), native_window=8, decode_context=2
@@ -141,3 +141,14 @@ def test_fusion_keeps_agreed_frames_and_blends_overlaps():
         covering = [w.index for w in windows if w.start <= t < w.stop]
         assert min(covering) - 1e-6 <= fused[t] <= max(covering) + 1e-6
     assert fused.tolist() == sorted(fused.tolist()), "ramps make the blend monotone across overlaps"
+
+
+@pytest.mark.parametrize("windows", [1, 2, 3, 7, 20, 41])
+@pytest.mark.parametrize("replicas", [1, 2, 8])
+@pytest.mark.parametrize("max_per_call", [1, 4])
+def test_window_batches_cover_each_window_once_within_the_limit(windows, replicas, max_per_call):
+    batches = window_batches(windows, replicas, max_per_call)
+    assert [i for batch in batches for i in batch] == list(range(windows)), "every window once, neighbours together"
+    assert all(1 <= len(batch) <= max_per_call for batch in batches)
+    assert len(batches) >= min(windows, replicas), "every replica can get work"
+    assert max(map(len, batches)) - min(map(len, batches)) <= 1, "spread evenly"
