@@ -181,14 +181,29 @@ def _generated_credentials(data_dir: Path) -> S3Credentials:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (ours or another user's)."""
+    """True if a process with this pid is running (ours or another user's).
+
+    A child of this process that has exited stays a zombie until it is reaped, and signal 0
+    still reaches a zombie: reap it here (``tessera run`` is the parent of the stack it starts),
+    and count an unreaped zombie of another parent as gone too."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # state is the field after the parenthesised command name
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _is_server_process(pid: int, data_dir: Path) -> bool:

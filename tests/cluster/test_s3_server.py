@@ -481,3 +481,22 @@ def test_ready_line_protocol_of_server_js(tmp_path):
     )
     assert missing_secret.returncode == 1
     assert json.loads(missing_secret.stdout)["ready"] is False
+
+
+def test_an_exited_child_is_not_alive_before_it_is_reaped():
+    """`tessera run` is the parent of the stack it starts: its exit leaves a zombie that signal 0
+    still reaches, and `down` waited out its whole timeout before this was handled."""
+    from tessera.cluster.s3_server import pid_alive
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(exited.pid):
+            time.sleep(0.05)
+        assert not pid_alive(exited.pid), "an exited child counts as gone"
+        assert pid_alive(running.pid)
+        assert pid_alive(os.getpid())
+    finally:
+        running.kill()
+        running.wait()
