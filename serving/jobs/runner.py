@@ -7,8 +7,9 @@ in the plan:
    multi-shot); media inputs are encoded to latents by a Decoder replica and laid out as the
    whole video's frame condition (``serving/jobs/layout.py`` decides where);
 2. co-denoising: one shared noise tensor for the whole video; each step group advances every
-   window concurrently (whichever Denoiser replica is free takes it) with its slice of the frame
-   condition, then overlaps are fused with the plan's weights and given frames put back exactly;
+   window concurrently with its slice of the frame condition (in batched calls spread over the
+   Denoiser's replicas, whichever is free takes each; a lone window is one streamed call), then
+   overlaps are fused with the plan's weights and given frames put back exactly;
 3. decoding: time tiles go to Decoder replicas a few at a time; finished tiles are stitched in
    order into one MP4 that streams into an S3 multipart upload;
 4. finalising: the poster, then the manifest, last, so a manifest means the outputs are whole.
