@@ -267,7 +267,7 @@ class JobManager:
             record.state = JobState.RUNNING
             record.started_at = time.time()
             record.attempts += 1
-            await asyncio.to_thread(self.store.save, record)
+            await self._save_progress(record)
             spec = record.spec
             plan = plan_job(spec, self.model.geometry, self.tiling)
 
@@ -279,10 +279,13 @@ class JobManager:
                 now = time.monotonic()
                 if now - owned.last_flush >= self.config.jobs.progress_flush_s:
                     owned.last_flush = now
-                    await asyncio.to_thread(self.store.save, record)
-                    marker = self._cancel_marker(record.tenant, record.job_id)
-                    if await asyncio.to_thread(self.objects.exists, marker):
-                        owned.cancel.set()
+                    if await self._save_progress(record):
+                        marker = self._cancel_marker(record.tenant, record.job_id)
+                        try:
+                            if await asyncio.to_thread(self.objects.exists, marker):
+                                owned.cancel.set()
+                        except StorageError as error:
+                            logger.warning("job %s: could not look for a cancel marker: %s", record.job_id, error)
                 if owned.cancel.is_set():
                     raise JobCancelled(record.job_id)
 
@@ -311,6 +314,19 @@ class JobManager:
         finally:
             self._running -= 1
             self._wakeup.set()
+
+    async def _save_progress(self, record: JobRecord) -> bool:
+        """Write a running job's record; False if storage failed.
+
+        Best effort: a storage blip while the models work must not fail the job (the next flush
+        writes it again, and a restarted gateway re-queues a job whose record says QUEUED or
+        RUNNING). The outputs themselves still need S3 and fail the job if it stays away."""
+        try:
+            await asyncio.to_thread(self.store.save, record)
+            return True
+        except StorageError as error:
+            logger.warning("job %s: progress not recorded, will retry: %s", record.job_id, error)
+            return False
 
     async def _finish(self, owned: _OwnedJob, state: JobState) -> None:
         record = owned.record

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -69,3 +71,18 @@ def test_storage_down_is_unavailable_then_recovers(stack):
         stack.runner.s3.start()
     job = stack.client.generate("a green square moving up", duration_s=1, steps=2)
     assert job.state == pb.SUCCEEDED
+
+
+def test_storage_blip_while_denoising_does_not_fail_the_job(stack):
+    job = stack.client.submit("a red circle moving right", duration_s=12, steps=100, seed=9)
+    for event in stack.client._stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id)):
+        if event.HasField("progress") and event.progress.stage == pb.STAGE_DENOISING and event.progress.step >= 1:
+            break
+    stack.runner.s3.stop()
+    try:
+        time.sleep(stack.config.jobs.progress_flush_s + 0.5)  # at least one progress write finds S3 down
+    finally:
+        stack.runner.s3.start()
+    done = stack.client.wait(job.job_id, timeout_s=300)
+    assert done.state == pb.SUCCEEDED, done.error
+    assert stack.store.exists(stack.store.parse_uri(done.video_uri)[1])
