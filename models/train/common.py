@@ -73,6 +73,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def resume_or_start(
+    path: Path, resume: bool, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, log: RunLog, start: dict[str, Any]
+) -> int:
+    """Load model, EMA and optimizer from the checkpoint at ``path`` when resuming and it exists
+    (logging a ``resume`` event), else log ``start`` as the ``start`` event. Returns the step."""
+    if resume and path.exists():
+        state = load_checkpoint(path)
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        log.write({"event": "resume", "step": state["step"]})
+        return state["step"]
+    log.write({"event": "start", **start})
+    return 0
+
+
 def export_safetensors(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
     """Weights as safetensors in ``dtype`` (fp16 halves the committed size; loading upcasts)."""
     path.parent.mkdir(parents=True, exist_ok=True)

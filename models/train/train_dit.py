@@ -38,8 +38,8 @@ from tessera.models.train.common import (
     EMA,
     RunLog,
     export_safetensors,
-    load_checkpoint,
     lr_at,
+    resume_or_start,
     save_checkpoint,
     step_generator,
     step_rng,
@@ -201,16 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ema = EMA(dit, args.ema_decay)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     checkpoint_path = args.out / "checkpoint.pt"
-    step = 0
-    if args.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        dit.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        log.write({"event": "resume", "step": step})
-    else:
-        log.write({"event": "start", "config": native.model_dump(mode="json"), "args": {k: str(v) for k, v in vars(args).items()}})
+    step = resume_or_start(
+        checkpoint_path, args.resume, dit, ema, optimizer, log,
+        {"config": native.model_dump(mode="json"), "args": {k: str(v) for k, v in vars(args).items()}},
+    )
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model=dit.state_dict(), ema=ema.model.state_dict(),

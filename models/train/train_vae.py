@@ -30,8 +30,8 @@ from tessera.models.train.common import (
     EMA,
     RunLog,
     export_safetensors,
-    load_checkpoint,
     lr_at,
+    resume_or_start,
     save_checkpoint,
     step_generator,
     step_rng,
@@ -139,16 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     checkpoint_path = args.out / "checkpoint.pt"
     log = RunLog(args.out / "log.jsonl")
-    step = 0
-    if args.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        vae.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        log.write({"event": "resume", "step": step})
-    else:
-        log.write({"event": "start", "config": config.model_dump(), "args": {k: str(v) for k, v in vars(args).items()}})
+    step = resume_or_start(
+        checkpoint_path, args.resume, vae, ema, optimizer, log,
+        {"config": config.model_dump(), "args": {k: str(v) for k, v in vars(args).items()}},
+    )
 
     def checkpoint() -> None:
         save_checkpoint(

@@ -279,13 +279,8 @@ class JobManager:
                 now = time.monotonic()
                 if now - owned.last_flush >= self.config.jobs.progress_flush_s:
                     owned.last_flush = now
-                    if await self._save_progress(record):
-                        marker = self._cancel_marker(record.tenant, record.job_id)
-                        try:
-                            if await asyncio.to_thread(self.objects.exists, marker):
-                                owned.cancel.set()
-                        except StorageError as error:
-                            logger.warning("job %s: could not look for a cancel marker: %s", record.job_id, error)
+                    if await self._save_progress(record) and await self._cancel_requested(record):
+                        owned.cancel.set()
                 if owned.cancel.is_set():
                     raise JobCancelled(record.job_id)
 
@@ -326,6 +321,14 @@ class JobManager:
             return True
         except StorageError as error:
             logger.warning("job %s: progress not recorded, will retry: %s", record.job_id, error)
+            return False
+
+    async def _cancel_requested(self, record: JobRecord) -> bool:
+        """Whether another gateway replica left a cancel marker for this job (False if storage failed)."""
+        try:
+            return await asyncio.to_thread(self.objects.exists, self._cancel_marker(record.tenant, record.job_id))
+        except StorageError as error:
+            logger.warning("job %s: could not look for a cancel marker: %s", record.job_id, error)
             return False
 
     async def _finish(self, owned: _OwnedJob, state: JobState) -> None:

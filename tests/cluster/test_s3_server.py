@@ -496,7 +496,7 @@ def test_an_exited_child_is_not_alive_before_it_is_reaped():
             time.sleep(0.05)
         assert not pid_alive(exited.pid), "an exited child counts as gone"
         assert pid_alive(running.pid)
-        assert pid_alive(os.getpid())
+        assert pid_alive(os.getppid()), "a live process that is not our child (waitpid cannot reap it)"
     finally:
         running.kill()
         running.wait()
