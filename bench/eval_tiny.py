@@ -311,6 +311,16 @@ training is unlikely to fix it; the next run belongs on a GPU (`train_dit --devi
 --resume`, larger batches, and a check of longer windows and of a temporal-only attention
 probe).
 
+Where it breaks, measured by `bench/direction_probe.py` (results in
+`bench/results/direction_probe.json`): on 48 real clips, the flow-matching loss is lower with
+the true caption than with the opposite direction for 90% of clips at sigma 0.2 to 0.6, 71% at
+0.8, 62% at 0.9 and 50% (no preference) at 0.95 and above. So the DiT knows the direction once
+the object's path is visible through the noise, but not at the high noise levels where sampling
+decides that path. No sampler setting recovers it (40 clips each, 25 to 33%: guidance 7 and 12,
+shift 1 and 6, 50 Euler steps, Heun; in a one-off check outside the bench, re-noising a
+finished sample to sigma 0.7 or 0.85 and denoising it again, twice, gave 30% and 18%). The fix
+is in training: more high-noise updates than 2 CPU cores can give.
+
 ## Limits
 Sizes 32 to 256 px per side in multiples of 16 are served; the trained sizes work best. fps 6 to 12.
 Windows of any length run; the native window is {config['native_window']} latent frames

@@ -6,7 +6,9 @@
     python bench/tiling_bench.py overhead   # Serve + gRPC vs the same stage calls in one process
     python bench/tiling_bench.py all
 
-Every render uses the shipped tiny model at 64x64, 8 fps. In-process renders run in a fresh
+Every render uses the shipped tiny model at 8 fps, 64x64 unless ``--size`` says otherwise (length
+and overhead at another size write ``tiling_<experiment>_<size>.json``: the per-hop and per-job
+costs are fixed, so a heavier frame shows how they amortise). In-process renders run in a fresh
 subprocess each (``_local``) so their peak RSS (``ru_maxrss``) is their own. Results:
 ``bench/results/tiling_<experiment>.json`` and ``.png``.
 """
@@ -29,6 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RssSampler, embedded_store, median, plot, serve_stack, write_results  # noqa: E402
 
 SIZE = 64
+"""Default frame side of the length and overhead experiments."""
+
+
+def _name(experiment: str, size: int, step_progress_s: float | None = None) -> str:
+    name = experiment if size == SIZE else f"{experiment}_{size}"
+    return name if step_progress_s is None else f"{name}_step_progress_{step_progress_s:g}s"
 FPS = 8
 NAIVE = {"window_frames": 10_000, "decode_tile_frames": 10_000}
 """Tiling options that make one window and one decode tile of any video (the naive baseline)."""
@@ -123,7 +131,7 @@ def length(args: argparse.Namespace) -> dict:
         for mode, tiling in (("tiled", {}), ("naive", NAIVE)):
             for duration in durations:
                 config = {**base, "storage": storage, "tiling": tiling}
-                out = run_local(config, [_request("a blue square moving right", duration, args.steps, 1)])
+                out = run_local(config, [_request("a blue square moving right", duration, args.steps, 1, args.size)])
                 result = out["results"][0]
                 row = {"duration_s": duration, "wall_s": result["wall_s"], "s_per_video_s": result["wall_s"] / duration,
                        "peak_rss_mib": out["peak_rss_mib"], "timings": result["timings"]}
@@ -136,7 +144,7 @@ def length(args: argparse.Namespace) -> dict:
         _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))  # warm-up
         for duration in durations:
             with RssSampler() as sampler:
-                result, wall = _serve_render(client, _request("a blue square moving right", duration, args.steps, 1))
+                result, wall = _serve_render(client, _request("a blue square moving right", duration, args.steps, 1, args.size))
             serve_rows.append({"duration_s": duration, "wall_s": wall, "s_per_video_s": wall / duration,
                                "peak_rss_mib": sampler.peaks(), "timings": result["timings"]})
             print(f"serve  {duration:5.1f} s video: {wall:7.2f} s wall, peaks {sampler.peaks()}", flush=True)
@@ -167,7 +175,7 @@ def length(args: argparse.Namespace) -> dict:
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for mode, series in (("tiled (in-process)", rows["tiled"]), ("naive one window", rows["naive"]), ("Serve + gRPC", serve_rows)):
             left.plot([r["duration_s"] for r in series], [r["s_per_video_s"] for r in series], marker="o", label=mode)
-        left.set(xlabel="video length (s)", ylabel="wall seconds per video second", title=f"{SIZE}x{SIZE}, {FPS} fps, {args.steps} steps")
+        left.set(xlabel="video length (s)", ylabel="wall seconds per video second", title=f"{args.size}x{args.size}, {FPS} fps, {args.steps} steps")
         left.set_ylim(bottom=0)
         left.legend()
         right.plot([r["duration_s"] for r in rows["tiled"]], [r["peak_rss_mib"] for r in rows["tiled"]], marker="o", label="tiled (whole process)")
@@ -177,10 +185,10 @@ def length(args: argparse.Namespace) -> dict:
         right.set_ylim(bottom=0)
         right.legend()
 
-    data = {"steps": args.steps, "size": SIZE, "fps": FPS, "summary": summary, "tiled": rows["tiled"], "naive": rows["naive"],
+    data = {"steps": args.steps, "size": args.size, "fps": FPS, "summary": summary, "tiled": rows["tiled"], "naive": rows["naive"],
             "serve": serve_rows}
-    write_results("tiling_length", data)
-    plot("tiling_length", draw)
+    write_results(_name("tiling_length", args.size), data)
+    plot(_name("tiling_length", args.size), draw)
     return summary
 
 
@@ -279,19 +287,31 @@ def seams(args: argparse.Namespace) -> dict:
 
 
 def overhead(args: argparse.Namespace) -> dict:
-    clips = {"2s": _request("a yellow square moving down", 2.0, args.steps, 5),
-             "20s": _request("a yellow square moving down", 20.0, args.steps, 5)}
+    clips = {"2s": _request("a yellow square moving down", 2.0, args.steps, 5, args.size),
+             "20s": _request("a yellow square moving down", 20.0, args.steps, 5, args.size)}
     base = {"model": MODEL, "deployments": _deployments()}
-    local: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
-        for name, request in clips.items():
-            out = run_local({**base, "storage": storage}, [request] * args.repeats)
-            local[name] = out["results"]
-    served: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), base, num_cpus=4) as (client, config):
-        _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))
-        for name, request in clips.items():
-            served[name] = [_serve_render(client, request)[0] for _ in range(args.repeats)]
+    if args.step_progress_s is not None:
+        base["jobs"] = {"step_progress_s": args.step_progress_s}
+    # Serve's timings differ from one stack start to the next on this 2-core machine (process
+    # placement, idle spinning threads), by more than the overhead itself: so several stacks,
+    # each with its own in-process counterpart started just before it, and medians over all.
+    local: dict[str, list[dict]] = {name: [] for name in clips}
+    served: dict[str, list[dict]] = {name: [] for name in clips}
+    per_stack: list[dict] = []
+    for stack_index in range(args.stacks):
+        with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+            for name, request in clips.items():
+                local[name] += [{**r, "stack": stack_index} for r in run_local({**base, "storage": storage}, [request] * args.repeats)["results"]]
+        with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), base, num_cpus=4) as (client, config):
+            _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))
+            for name, request in clips.items():
+                served[name] += [{**_serve_render(client, request)[0], "stack": stack_index} for _ in range(args.repeats)]
+        per_stack.append({
+            name: median([r["wall_s"] for r in served[name] if r["stack"] == stack_index])
+            / median([r["wall_s"] for r in local[name] if r["stack"] == stack_index]) - 1
+            for name in clips
+        })
+        print(f"stack {stack_index}: overhead " + ", ".join(f"{n} {100 * v:.1f}%" for n, v in per_stack[-1].items()), flush=True)
 
     from tessera.models.native.configs import get_config
     from tessera.serving.config import TilingConfig
@@ -301,7 +321,7 @@ def overhead(args: argparse.Namespace) -> dict:
     tiling = TilingConfig()
     summary = {}
     for name, request in clips.items():
-        plan = plan_render(int(round(request["duration_s"] * FPS)), SIZE, SIZE, geometry, tiling.options(geometry))
+        plan = plan_render(int(round(request["duration_s"] * FPS)), args.size, args.size, geometry, tiling.options(geometry))
         # Denoiser calls per step group: one streamed call for one window, else batches over 1 replica.
         per_group = 1 if len(plan.windows) == 1 else len(window_batches(len(plan.windows), 1, tiling.max_windows_per_call))
         calls = per_group * len(plan.step_groups(request["steps"])) + len(plan.decode_tiles) + 1
@@ -314,6 +334,7 @@ def overhead(args: argparse.Namespace) -> dict:
         summary[name] = {
             "local_wall_s": local_wall, "serve_wall_s": serve_wall, "overhead": serve_wall / local_wall - 1,
             "stage_calls": calls, "per_call_ms": 1000 * (serve_wall - local_wall) / calls, "stages": stages,
+            "overhead_per_stack": [stack[name] for stack in per_stack],
         }
         print(f"{name}: local {local_wall:.2f} s, Serve+gRPC {serve_wall:.2f} s, overhead {100 * summary[name]['overhead']:.1f}% "
               f"({calls} stage calls, {summary[name]['per_call_ms']:.1f} ms per call)", flush=True)
@@ -330,8 +351,10 @@ def overhead(args: argparse.Namespace) -> dict:
             axis.set(ylabel="seconds (median)", title=f"{name} clip: +{100 * summary[name]['overhead']:.1f}% wall")
             axis.legend()
 
-    write_results("tiling_overhead", {"repeats": args.repeats, "summary": summary, "local": local, "serve": served})
-    plot("tiling_overhead", draw)
+    name = _name("tiling_overhead", args.size, args.step_progress_s)
+    write_results(name, {"repeats": args.repeats, "stacks": args.stacks, "size": args.size, "steps": args.steps, "step_progress_s": args.step_progress_s,
+                         "summary": summary, "local": local, "serve": served})
+    plot(name, draw)
     return summary
 
 
@@ -339,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=["length", "replicas", "seams", "overhead", "all", "_local"])
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--size", type=int, default=SIZE, help="frame side of the length and overhead experiments")
+    parser.add_argument("--stacks", type=int, default=3, help="overhead: Serve stacks started, one after another")
+    parser.add_argument("--step-progress-s", type=float, default=None,
+                        help="overhead: jobs.step_progress_s of both paths (default: the config's default)")
     parser.add_argument("--durations", type=float, nargs="+", default=[2, 5, 10, 20, 40, 60])
     parser.add_argument("--long-s", type=float, default=20.0, help="video length of the replica experiment")
     parser.add_argument("--replica-size", type=int, default=128,

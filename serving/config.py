@@ -179,6 +179,12 @@ class JobsConfig(_Strict):
     max_queued_jobs: int = Field(64, ge=1, description="Jobs waiting per gateway replica; beyond it SubmitJob/Generate get RESOURCE_EXHAUSTED.")
     max_running_jobs: int = Field(2, ge=1, description="Jobs one gateway replica renders at once; others wait queued.")
     progress_flush_s: float = Field(2.0, gt=0, description="Shortest interval between progress writes to a job's S3 record.")
+    step_progress_s: float = Field(
+        0.2, ge=0,
+        description="Shortest interval between the step updates a Denoiser streams back while it denoises a "
+        "single-window video: faster steps are reported together, since each update is a hop of its own "
+        "(a GPU step of a real model takes longer, so every step is seen). 0: every step.",
+    )
     watch_poll_s: float = Field(0.5, gt=0, description="Poll interval when watching a job another gateway replica runs.")
 
 

@@ -1,7 +1,8 @@
 """Denoiser stage: a stateless step server.
 
 A call carries one time window of one video (latents, noise levels, conditioning, guidance,
-given frames) and streams back progress after every sampler step, then the advanced latents;
+given frames) and streams back progress as sampler steps finish (at most one update per
+``report_every_s``, since each streamed item is a hop of its own), then the advanced latents;
 or, for long videos, several windows of one step group at once (``advance_batch``: one reply,
 one batched forward pass per step, so the hop is paid once for the lot).
 Nothing stays on the replica between calls, so any replica can take any window of any job at
@@ -11,6 +12,7 @@ any step: long videos spread over all replicas, and a new replica helps in-fligh
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 import torch
@@ -27,16 +29,23 @@ class DenoiserEngine:
         self._thread = ModelThread(threads)
         self.model = load_model(model_config, parts={"denoiser"})
 
-    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
+    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        """Steps done so far after each sampler step, or after the first step that ends at least
+        ``report_every_s`` after the previous update (0: every step); the last update carries the latents."""
         steps = len(work.sigmas) - 1
         if steps < 1:
             raise ValueError(f"a work item needs at least two noise levels, got {work.sigmas}")
+        if report_every_s < 0:
+            raise ValueError(f"report_every_s must be >= 0, got {report_every_s}")
         latents = work.latents
+        reported = time.monotonic()
         for index in range(steps):
             item = dataclasses.replace(work, latents=latents, sigmas=tuple(work.sigmas[index : index + 2]))
             [latents] = await self._thread.run(self.model.step, [item])
             last = index == steps - 1
-            yield DenoiseUpdate(steps_done=index + 1, latents=latents if last else None)
+            if last or time.monotonic() - reported >= report_every_s:
+                reported = time.monotonic()
+                yield DenoiseUpdate(steps_done=index + 1, latents=latents if last else None)
 
     async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
         if not works:
@@ -61,8 +70,8 @@ class Denoiser:
     def __init__(self, model_config: ModelConfig, threads: int | None = None):
         self.engine = DenoiserEngine(model_config, threads)
 
-    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
-        async for update in self.engine.advance(work):
+    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        async for update in self.engine.advance(work, report_every_s):
             yield update
 
     async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:

@@ -94,7 +94,9 @@ class Stages(Protocol):
 
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning: ...
 
-    def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]: ...
+    def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        """One window through all its noise levels, with progress at most every ``report_every_s``."""
+        ...
 
     async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
         """Several windows advanced through the same noise levels in one call, as one batch."""
@@ -117,8 +119,8 @@ class ServeStages:
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
         return await self._expander.condition.remote(prompt, negative_prompt, expand, character)
 
-    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
-        async for update in self._denoiser_stream.advance.remote(work):
+    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        async for update in self._denoiser_stream.advance.remote(work, report_every_s):
             yield update
 
     async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
@@ -142,8 +144,8 @@ class LocalStages:
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
         return await self._expander.condition(prompt, negative_prompt, expand, character)
 
-    async def advance(self, work: DenoiseWork) -> AsyncIterator[DenoiseUpdate]:
-        async for update in self._denoiser.advance(work):
+    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        async for update in self._denoiser.advance(work, report_every_s):
             yield update
 
     async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:

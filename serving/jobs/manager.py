@@ -95,6 +95,7 @@ class JobManager:
             model, stages, store, decode_ahead=config.tiling.decode_ahead,
             denoiser_replicas=config.deployments.denoiser.most_replicas,
             max_windows_per_call=config.tiling.max_windows_per_call,
+            step_progress_s=config.jobs.step_progress_s,
         )
         self.tiling = config.tiling.options(model.geometry)
         self.inputs = InputCollector(store, config.limits)

@@ -83,7 +83,7 @@ class Renderer:
 
     def __init__(
         self, model: VideoModel, stages: Stages, store: ObjectStore, decode_ahead: int,
-        denoiser_replicas: int = 1, max_windows_per_call: int = 1,
+        denoiser_replicas: int = 1, max_windows_per_call: int = 1, step_progress_s: float = 0.0,
     ):
         self.model = model
         self.stages = stages
@@ -92,6 +92,8 @@ class Renderer:
         self.denoiser_replicas = denoiser_replicas
         """The most Denoiser replicas there can be: a long video's windows go out in at least this many calls."""
         self.max_windows_per_call = max_windows_per_call
+        self.step_progress_s = step_progress_s
+        """Shortest interval between the step updates a single-window video streams back."""
 
     async def render(
         self,
@@ -234,8 +236,8 @@ class Renderer:
             ]
             todo = [i for i, work in enumerate(works) if work is not None]
             if len(windows) == 1 and todo:
-                # One window: one streamed call, with progress after every sampler step.
-                async for update in self.stages.advance(works[0]):
+                # One window: one streamed call, with progress as steps finish (coalesced when fast).
+                async for update in self.stages.advance(works[0], self.step_progress_s):
                     on_step(first + update.steps_done)
                     await check_cancelled()
                     if update.latents is not None:

@@ -28,7 +28,10 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=free_port(), s3_port=free_port(), num_cpus=2)
+    # Every sampler step streamed back (the default coalesces steps faster than 0.2 s), so the
+    # tests see the streaming itself, step by step.
+    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=free_port(), s3_port=free_port(), num_cpus=2,
+                         config={"jobs": {"step_progress_s": 0}})
     try:
         config = runner.start()
         client = TesseraClient(f"127.0.0.1:{config.grpc.port}")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tessera.models import ModelConfig, load_model
+from tessera.models.interface import DenoiseWork
 from tessera.models.shapes.world import ClipSpec, render
 from tessera.serving.config import ExpansionConfig, LimitsConfig
 from tessera.serving.decoder import DecoderEngine
@@ -128,3 +129,25 @@ def test_edit_at_low_strength_stays_near_the_input_latents(engines, object_store
         assert plan.start_sigma == strength
         distances[strength] = (latents - clean).pow(2).mean().item()
     assert distances[0.3] < distances[1.0]
+
+
+def test_single_window_progress_is_per_step_or_coalesced(engines):
+    """``report_every_s=0`` streams every step; a long interval only the last, which carries the latents
+    (equal either way: coalescing changes what is reported, not what is computed)."""
+    config, stages = engines
+    conditioning = asyncio.run(stages.condition("a red circle moving right", "", False))
+    work = DenoiseWork(latents=torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                       sigmas=tuple(load_model(config, parts=()).sigmas(5)), text=conditioning.text,
+                       negative_text=conditioning.negative_text, guidance_scale=4.0, fps=8.0)
+
+    async def updates(report_every_s: float):
+        return [update async for update in stages.advance(work, report_every_s)]
+
+    every = asyncio.run(updates(0.0))
+    coalesced = asyncio.run(updates(3600.0))
+    assert [u.steps_done for u in every] == [1, 2, 3, 4, 5]
+    assert all(u.latents is None for u in every[:-1])
+    assert [u.steps_done for u in coalesced] == [5]
+    assert torch.equal(every[-1].latents, coalesced[-1].latents)
+    with pytest.raises(ValueError, match="report_every_s"):
+        asyncio.run(updates(-1.0))
