@@ -32,6 +32,7 @@ from harness import machine, plot, write_results  # noqa: E402
 
 from tessera.models import ModelConfig, load_model  # noqa: E402
 from tessera.models.interface import DenoiseWork, frame_noise  # noqa: E402
+from tessera.models.native.pipeline import pad_tokens  # noqa: E402
 from tessera.models.native.sampler import flow_sigmas  # noqa: E402
 from tessera.models.shapes.captions import detailed_caption  # noqa: E402
 from tessera.models.shapes.evaluate import score_clip, summarize  # noqa: E402
@@ -66,7 +67,7 @@ def loss_gap(model, clips: int, seed: int) -> list[dict]:
         s = torch.full((len(specs),), sigma)
 
         def loss(clean: torch.Tensor, text) -> torch.Tensor:
-            tokens, mask = _pad(text)
+            tokens, mask = pad_tokens(text)
             velocity = model.dit((1 - sigma) * clean + sigma * noise, s, tokens, mask, fps)
             return (velocity - (noise - clean)).pow(2).mean(dim=(1, 2, 3, 4))  # (B,)
 
@@ -81,16 +82,6 @@ def loss_gap(model, clips: int, seed: int) -> list[dict]:
         })
         print(rows[-1], flush=True)
     return rows
-
-
-def _pad(items):
-    length = max(item.tokens.shape[0] for item in items)
-    tokens = torch.zeros(len(items), length, items[0].tokens.shape[1])
-    mask = torch.zeros(len(items), length, dtype=torch.bool)
-    for index, item in enumerate(items):
-        tokens[index, : item.tokens.shape[0]] = item.tokens.float()
-        mask[index, : item.tokens.shape[0]] = item.mask.bool()
-    return tokens, mask
 
 
 @torch.no_grad()

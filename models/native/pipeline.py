@@ -77,7 +77,7 @@ def _materialise(module: torch.nn.Module, path: Path, device: torch.device, dtyp
     return module.eval().requires_grad_(False)
 
 
-def _pad_tokens(items: list[TextConditioning]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(items: list[TextConditioning]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack variable-length captions into ``(B, N, D)`` tokens and a ``(B, N)`` mask."""
     length = max(item.tokens.shape[0] for item in items)
     dim = items[0].tokens.shape[1]
@@ -245,7 +245,7 @@ class NativeVideoModel(VideoModel):
             [item.frames.mask.float() if item.frames is not None else torch.zeros(t) for item in items]
         ).to(device)  # (B, T)
         texts = [item.text for item in items] + ([item.negative_text for item in items] if use_guidance else [])
-        tokens, token_mask = _pad_tokens(texts)  # type: ignore[arg-type]
+        tokens, token_mask = pad_tokens(texts)  # type: ignore[arg-type]
         tokens, token_mask = tokens.to(device, dtype), token_mask.to(device)
         fps = torch.tensor([item.fps for item in items], dtype=torch.float32, device=device)
         scale = torch.tensor([item.guidance_scale for item in items], dtype=torch.float32, device=device)
