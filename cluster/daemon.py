@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from tessera.cluster.stack import StackRunner
+from tessera.cluster.s3_server import S3ServerError
+from tessera.cluster.stack import StackRunner, StackStartError
 from tessera.serving.config import load_document
 
 logger = logging.getLogger("tessera.daemon")
@@ -58,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     state_path = args.home / "stack.json"
     status_path = args.home / "serve_status.json"
     try:
-        config = runner.start(log=logger.info)
+        try:
+            config = runner.start(log=logger.info)
+        except (StackStartError, S3ServerError) as error:
+            logger.error("cannot start: %s", error)  # the user can fix this; no traceback
+            return 2
         config_path = args.home / "tessera.yaml"
         config_path.write_text(config.to_yaml())
         config_path.chmod(0o600)

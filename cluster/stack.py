@@ -14,9 +14,11 @@ effective config), ``stack.json`` (addresses and pid while running).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +32,29 @@ from tessera.serving.storage import StorageConfig
 DEFAULT_GRPC_PORT = 9000
 DEFAULT_S3_PORT = 9010
 DEFAULT_BUCKET = "tessera"
+
+
+class StackStartError(RuntimeError):
+    """The stack cannot start for a reason the user can fix (the message says how)."""
+
+
+def grpc_port_in_use(port: int) -> bool:
+    """Whether binding the gRPC proxy's address (every interface, IPv6 and IPv4) would fail now."""
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            # EAFNOSUPPORT / EADDRNOTAVAIL: no IPv6 on this host; the IPv4 check decides
+    return False
+
+
+def port_taken_message(port: int) -> str:
+    return (f"the gRPC port {port} is already in use on this machine; stop what holds it "
+            f"or choose another port (--grpc-port, or grpc.port in the config)")
 
 
 @dataclasses.dataclass
@@ -95,6 +120,8 @@ class StackRunner:
             document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
         config = TesseraConfig.model_validate(document)
         self.config = config
+        if grpc_port_in_use(config.grpc.port):
+            raise StackStartError(port_taken_message(config.grpc.port))
 
         log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")
         ray.init(
@@ -108,7 +135,13 @@ class StackRunner:
 
         ObjectStore(config.storage).ensure_bucket()
         log(f"starting the Serve application (gRPC on port {config.grpc.port})")
-        serve.start(grpc_options=grpc_options(config), http_options={"host": "127.0.0.1", "port": 0})
+        try:
+            serve.start(grpc_options=grpc_options(config), http_options={"host": "127.0.0.1", "port": 0})
+        except Exception as error:
+            # Something took the port between the check above and Ray starting (seconds).
+            if "Failed to bind to address" in str(error):
+                raise StackStartError(port_taken_message(config.grpc.port)) from None
+            raise
         serve.run(build_app(config), name=config.app_name, route_prefix=f"/{config.app_name}")
         return config
 
@@ -185,6 +218,7 @@ class EmbeddedStack:
         if self.s3_port is not None:
             command += ["--s3-port", str(self.s3_port)]
         log(f"starting the stack (log: {self.log_path})")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log_file:
             process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -192,6 +226,9 @@ class EmbeddedStack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                reason = self._start_refusal(log_offset)
+                if reason is not None:
+                    raise StackStartError(reason)
                 raise RuntimeError(f"the stack failed to start (exit {process.returncode}):\n{self._log_tail()}")
             state = StackState.load(self.state_path)
             if state is not None and state.pid == process.pid:
@@ -238,6 +275,19 @@ class EmbeddedStack:
                 report["healthy"] = False
                 report["problem"] = str(error)
         return report
+
+    def _start_refusal(self, log_offset: int) -> str | None:
+        """The daemon's one-line reason for refusing to start (this run's log only), if it gave one."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(log_offset)
+                text = log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            if " cannot start: " in line:
+                return line.split(" cannot start: ", 1)[1]
+        return None
 
     def _log_tail(self, lines: int = 40) -> str:
         try:

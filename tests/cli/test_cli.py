@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -87,3 +88,20 @@ def test_up_generate_jobs_down(tmp_path):
 
 def test_down_when_not_running(tmp_path):
     assert "not running" in tessera(tmp_path, "down").stdout
+
+
+def test_up_refuses_a_grpc_port_in_use(tmp_path):
+    """A taken port is a one-line error before Ray starts, and the refused start leaves nothing running."""
+    home = tmp_path / "home"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+        refused = tessera(home, "up", "--grpc-port", str(port), "--s3-port", str(free_port()), check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"error: the gRPC port {port} is already in use on this machine; stop what "
+                                      "holds it or choose another port (--grpc-port, or grpc.port in the config)")
+    assert not (home / "stack.json").exists()
+    log = (home / "logs" / "daemon.log").read_text()
+    assert "starting Ray" not in log and "stopped" in log, "refused before Ray, the S3 server it started is stopped"
+    assert tessera(home, "status", check=False).returncode == 1
