@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import threading
 import time
@@ -20,12 +19,6 @@ from pathlib import Path
 import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def machine() -> dict:
@@ -122,10 +115,10 @@ class RssSampler:
 @contextlib.contextmanager
 def serve_stack(home: Path, config: dict, num_cpus: int) -> Iterator:
     """The real Serve app (embedded S3, local Ray) and a gRPC client; everything stopped after."""
-    from tessera.cluster.stack import StackRunner
+    from tessera.cluster.stack import StackRunner, pick_free_port
     from tessera.serving.client import TesseraClient
 
-    runner = StackRunner(home, config=config, grpc_port=free_port(), s3_port=free_port(), num_cpus=num_cpus)
+    runner = StackRunner(home, config=config, grpc_port=pick_free_port(), s3_port=pick_free_port(), num_cpus=num_cpus)
     try:
         started = time.monotonic()
         resolved = runner.start()
@@ -142,8 +135,9 @@ def serve_stack(home: Path, config: dict, num_cpus: int) -> Iterator:
 def embedded_store(home: Path) -> Iterator[dict]:
     """An embedded S3 server alone (for in-process renders); yields the ``storage`` config section."""
     from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server
+    from tessera.cluster.stack import pick_free_port
 
-    server = EmbeddedS3Server(EmbeddedS3Config(data_dir=home / "s3", port=free_port(), bucket="tessera"))
+    server = EmbeddedS3Server(EmbeddedS3Config(data_dir=home / "s3", port=pick_free_port(), bucket="tessera"))
     server.start()
     try:
         yield {

@@ -1,6 +1,7 @@
 """Time tiling benchmarks (issue: long videos tiled by time segments).
 
     python bench/tiling_bench.py length     # 2..60 s: wall and peak RSS, tiled vs naive single window
+    python bench/tiling_bench.py fit        # fitted vs native-length windows, alternated (2 s, 5 s, 10 s, 20 s)
     python bench/tiling_bench.py replicas   # one long video on 1 and 2 Denoiser replicas
     python bench/tiling_bench.py seams      # seam jump / in-window jump over 20 long videos
     python bench/tiling_bench.py overhead   # Serve + gRPC vs the same stage calls in one process
@@ -8,7 +9,8 @@
 
 Every render uses the shipped tiny model at 8 fps, 64x64 unless ``--size`` says otherwise (length
 and overhead at another size write ``tiling_<experiment>_<size>.json``: the per-hop and per-job
-costs are fixed, so a heavier frame shows how they amortise). In-process renders run in a fresh
+costs are fixed, so a heavier frame shows how they amortise). ``--native-windows`` turns window
+fitting off (``tiling.fit_windows: false``) for an A/B; such results are named ``*_native_windows``. In-process renders run in a fresh
 subprocess each (``_local``) so their peak RSS (``ru_maxrss``) is their own. Results:
 ``bench/results/tiling_<experiment>.json`` and ``.png``.
 """
@@ -36,8 +38,12 @@ SIZE = 64
 
 def _name(experiment: str, size: int, step_progress_s: float | None = None) -> str:
     name = experiment if size == SIZE else f"{experiment}_{size}"
+    if TILING.get("fit_windows") is False:
+        name += "_native_windows"
     return name if step_progress_s is None else f"{name}_step_progress_{step_progress_s:g}s"
 FPS = 8
+TILING: dict = {}
+"""The ``tiling`` config section of every tiled render (``--native-windows``: no window fitting)."""
 NAIVE = {"window_frames": 10_000, "decode_tile_frames": 10_000}
 """Tiling options that make one window and one decode tile of any video (the naive baseline)."""
 
@@ -125,10 +131,10 @@ def _serve_render(client, request: dict) -> tuple[dict, float]:
 
 def length(args: argparse.Namespace) -> dict:
     durations = args.durations
-    base = {"model": MODEL, "deployments": _deployments()}
+    base = {"model": MODEL, "deployments": _deployments(), "tiling": TILING}
     rows: dict[str, list[dict]] = {"tiled": [], "naive": []}
     with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
-        for mode, tiling in (("tiled", {}), ("naive", NAIVE)):
+        for mode, tiling in (("tiled", TILING), ("naive", NAIVE)):
             for duration in durations:
                 config = {**base, "storage": storage, "tiling": tiling}
                 out = run_local(config, [_request("a blue square moving right", duration, args.steps, 1, args.size)])
@@ -192,11 +198,56 @@ def length(args: argparse.Namespace) -> dict:
     return summary
 
 
+def fit(args: argparse.Namespace) -> dict:
+    """Fitted against native-length windows, in process, alternated render by render so the
+    machine's drift hits both alike; the 2 s clip (one window either way) is the control."""
+    durations = [2.0, 5.0, 10.0, 20.0]
+    arms = {"fitted": {"fit_windows": True}, "native": {"fit_windows": False}}
+    walls: dict[str, dict[float, list[float]]] = {arm: {d: [] for d in durations} for arm in arms}
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+        for _ in range(args.repeats):
+            for duration in durations:
+                for arm, tiling in arms.items():
+                    config = {"model": MODEL, "deployments": _deployments(), "tiling": tiling, "storage": storage}
+                    result = run_local(config, [_request("a blue square moving right", duration, args.steps, 1, args.size)])
+                    walls[arm][duration].append(result["results"][0]["timings"]["denoise_s"])
+    from tessera.models.native.configs import get_config
+    from tessera.serving.config import TilingConfig
+    from tessera.serving.jobs.planner import plan_render
+
+    geometry = get_config("tiny").geometry()
+    rows = []
+    for duration in durations:
+        frames = {arm: sum(w.length for w in plan_render(int(duration * FPS), args.size, args.size, geometry,
+                                                         TilingConfig(**tiling).options(geometry)).windows)
+                  for arm, tiling in arms.items()}
+        fitted, native = median(walls["fitted"][duration]), median(walls["native"][duration])
+        rows.append({"duration_s": duration, "window_frames": frames, "fitted_denoise_s": fitted, "native_denoise_s": native,
+                     "ratio": fitted / native, "frames_ratio": frames["fitted"] / frames["native"], "runs": {a: walls[a][duration] for a in arms}})
+        print(f"{duration:4.0f} s: denoising {native:.2f} s native -> {fitted:.2f} s fitted ({fitted / native:.2f}x; "
+              f"{frames['native']} -> {frames['fitted']} latent frames of window work, {frames['fitted'] / frames['native']:.2f}x)", flush=True)
+
+    def draw(plt) -> None:
+        x = np.arange(len(rows))
+        plt.figure(figsize=(6, 4))
+        plt.bar(x - 0.2, [r["native_denoise_s"] for r in rows], 0.4, label="native windows (8)")
+        plt.bar(x + 0.2, [r["fitted_denoise_s"] for r in rows], 0.4, label="fitted windows")
+        plt.xticks(x, [f"{r['duration_s']:.0f} s" for r in rows])
+        plt.ylabel("denoising seconds (median)")
+        plt.title(f"{args.size}x{args.size}, {args.steps} steps, {args.repeats} alternated runs")
+        plt.legend()
+
+    name = _name("tiling_fit", args.size)
+    write_results(name, {"size": args.size, "steps": args.steps, "repeats": args.repeats, "rows": rows})
+    plot(name, draw)
+    return {"rows": rows}
+
+
 def replicas(args: argparse.Namespace) -> dict:
     request = _request("a green circle moving up", args.long_s, args.steps, 3, args.replica_size)
     runs = {}
     for count in (1, 2):
-        config = {"model": MODEL, "deployments": _deployments(denoiser_replicas=count, denoiser_threads=1)}
+        config = {"model": MODEL, "deployments": _deployments(denoiser_replicas=count, denoiser_threads=1), "tiling": TILING}
         with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), config, num_cpus=4) as (client, _):
             _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))  # warm-up every replica's first call
             _serve_render(client, _request("a red circle moving left", 1.0, 2, 0))
@@ -241,7 +292,8 @@ def seams(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
         frames_dir = Path(tmp) / "frames"
         frames_dir.mkdir()
-        out = run_local({"model": MODEL, "deployments": _deployments(), "storage": storage}, requests, keep_frames=str(frames_dir))
+        out = run_local({"model": MODEL, "deployments": _deployments(), "tiling": TILING, "storage": storage}, requests,
+                        keep_frames=str(frames_dir))
         for result in out["results"]:
             frames = np.load(result["frames_file"])
             seam = seam_jumps(frames, result["seam_frame_pairs"])
@@ -281,15 +333,16 @@ def seams(args: argparse.Namespace) -> dict:
         plt.title(f"{len(ratios)} videos of {args.seam_s:.0f} s: median {summary['median_ratio']:.2f}")
         plt.legend()
 
-    write_results("tiling_seams", {"seconds": args.seam_s, "steps": args.steps, "summary": summary, "videos": rows})
-    plot("tiling_seams", draw)
+    name = _name("tiling_seams" if args.seam_s == 12 else f"tiling_seams_{args.seam_s:g}s", SIZE)
+    write_results(name, {"seconds": args.seam_s, "steps": args.steps, "tiling": TILING, "summary": summary, "videos": rows})
+    plot(name, draw)
     return summary
 
 
 def overhead(args: argparse.Namespace) -> dict:
     clips = {"2s": _request("a yellow square moving down", 2.0, args.steps, 5, args.size),
              "20s": _request("a yellow square moving down", 20.0, args.steps, 5, args.size)}
-    base = {"model": MODEL, "deployments": _deployments()}
+    base = {"model": MODEL, "deployments": _deployments(), "tiling": TILING}
     if args.step_progress_s is not None:
         base["jobs"] = {"step_progress_s": args.step_progress_s}
     # Serve's timings differ from one stack start to the next on this 2-core machine (process
@@ -318,7 +371,7 @@ def overhead(args: argparse.Namespace) -> dict:
     from tessera.serving.jobs.planner import plan_render, window_batches
 
     geometry = get_config("tiny").geometry()
-    tiling = TilingConfig()
+    tiling = TilingConfig(**TILING)
     summary = {}
     for name, request in clips.items():
         plan = plan_render(int(round(request["duration_s"] * FPS)), args.size, args.size, geometry, tiling.options(geometry))
@@ -360,7 +413,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["length", "replicas", "seams", "overhead", "all", "_local"])
+    parser.add_argument("experiment", choices=["length", "fit", "replicas", "seams", "overhead", "all", "_local"])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--size", type=int, default=SIZE, help="frame side of the length and overhead experiments")
     parser.add_argument("--stacks", type=int, default=3, help="overhead: Serve stacks started, one after another")
@@ -373,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seam-s", type=float, default=12.0, help="video length of the seam experiment")
     parser.add_argument("--videos", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--native-windows", action="store_true",
+                        help="tiling.fit_windows off: every window the native length (results named *_native_windows)")
     parser.add_argument("--random-weights", action="store_true", help="dry run of the bench code with an untrained model")
     # internal (_local)
     parser.add_argument("--config")
@@ -383,10 +438,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.random_weights:
         MODEL["allow_random_weights"] = True
         MODEL["weights_dir"] = tempfile.mkdtemp(prefix="tessera-random-")
+    if args.native_windows:
+        TILING["fit_windows"] = False
     if args.experiment == "_local":
         _local_main(args)
         return
-    experiments = {"length": length, "replicas": replicas, "seams": seams, "overhead": overhead}
+    experiments = {"length": length, "fit": fit, "replicas": replicas, "seams": seams, "overhead": overhead}
     chosen = list(experiments) if args.experiment == "all" else [args.experiment]
     for name in chosen:
         started = time.monotonic()

@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,18 +39,33 @@ class StackStartError(RuntimeError):
     """The stack cannot start for a reason the user can fix (the message says how)."""
 
 
-def grpc_port_in_use(port: int) -> bool:
-    """Whether binding the gRPC proxy's address (every interface, IPv6 and IPv4) would fail now."""
+def port_in_use(port: int) -> bool:
+    """Whether binding ``port`` on every interface (IPv6 and IPv4, as the gRPC proxy does) would fail now."""
     for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 return True
-            # EAFNOSUPPORT / EADDRNOTAVAIL: no IPv6 on this host; the IPv4 check decides
+            # no IPv6 on this host: the IPv4 check decides
     return False
+
+
+# Ports for servers started seconds later (tests, benchmarks). Not from the kernel's ephemeral
+# range (32768-60999 on Linux): Ray opens hundreds of outbound connections while it starts, and
+# one of them can land on a port picked there (CI once saw the gRPC proxy fail to bind that
+# way). Below 20000 are Ray's worker ports (10002-19999).
+SPARE_PORTS = range(20000, 32768)
+
+
+def pick_free_port() -> int:
+    """A port in :data:`SPARE_PORTS` that nothing holds now."""
+    for port in random.sample(SPARE_PORTS, 200):
+        if not port_in_use(port):
+            return port
+    raise RuntimeError(f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} after 200 tries")
 
 
 def port_taken_message(port: int) -> str:
@@ -120,7 +136,7 @@ class StackRunner:
             document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
         config = TesseraConfig.model_validate(document)
         self.config = config
-        if grpc_port_in_use(config.grpc.port):
+        if port_in_use(config.grpc.port):
             raise StackStartError(port_taken_message(config.grpc.port))
 
         log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")

@@ -194,6 +194,12 @@ class TilingConfig(_Strict):
     window_frames: int | None = Field(None, ge=1, description="Latent frames per denoising window; None: the model's native window.")
     min_overlap_frames: int = Field(2, ge=0, description="Fewest latent frames neighbouring windows share (fused with ramp weights).")
     sync_every_steps: int = Field(1, ge=1, description="Sampler steps between fusions of overlapping windows (1: tightest coupling).")
+    fit_windows: bool = Field(
+        True,
+        description="Shorten a long video's windows (never above the window length) to the fewest latent frames that "
+        "still cover it with the minimum overlap, so less is recomputed in overlaps: at 8 fps a 5 s video takes 14 "
+        "instead of 16 latent frames of work, a 10 s one 28 instead of 32. False: every window has the full length.",
+    )
     decode_tile_frames: int | None = Field(None, ge=1, description="Latent frames per decode tile; None: the model's native window.")
     decode_ahead: int = Field(4, ge=1, description="Decode tiles in flight at once per job (bounds memory; spreads over Decoder replicas).")
     max_windows_per_call: int = Field(
@@ -211,6 +217,7 @@ class TilingConfig(_Strict):
             window=window,
             min_overlap=self.min_overlap_frames,
             sync_every=self.sync_every_steps,
+            fit_windows=self.fit_windows,
             decode_tile=self.decode_tile_frames or geometry.native_window,
             decode_context=geometry.decode_context,
         )

@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import random
-import socket
 import subprocess
 from pathlib import Path
 
-# Ports handed to servers a test starts later. Not from the kernel's ephemeral range (32768-60999
-# on Linux): Ray opens hundreds of outbound connections while it starts, and one of them can land
-# on a port picked there seconds earlier (CI saw the gRPC proxy fail to bind that way). Below
-# 20000 are Ray's worker ports (10002-19999).
-TEST_PORTS = range(20000, 32768)
-
-
-def free_port() -> int:
-    """A port nothing listens on or is bound to now, on every interface (as the gRPC proxy binds)."""
-    for port in random.sample(TEST_PORTS, 200):
-        if all(_binds(family, host, port) for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0"))):
-            return port
-    raise RuntimeError(f"no free port in {TEST_PORTS.start}-{TEST_PORTS.stop - 1} after 200 tries")
-
-
-def _binds(family: socket.AddressFamily, host: str, port: int) -> bool:
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, port))
-    except OSError as error:
-        return error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)  # no IPv6 here: IPv4 decides
-    return True
+from tessera.cluster.stack import pick_free_port as free_port  # noqa: F401  (outside the ephemeral range)
 
 
 def ffprobe(path: str | Path) -> dict:

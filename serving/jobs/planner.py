@@ -5,7 +5,10 @@ Pure (plain data in, plain data out; no Ray, no torch), so every duration from o
 
 Time tiling (DESIGN.md §2): a video of ``F`` latent frames is covered by windows of the
 denoiser's native length ``W`` that overlap by at least ``O`` frames. Windows are spread
-evenly over the video so every overlap is about the same length. Each sampler step (or every
+evenly over the video so every overlap is about the same length. With ``fit_windows`` they are
+also shortened to the fewest frames that still cover the video with that many windows and the
+minimum overlap: evenly spread native windows can overlap far more than ``O`` (a 5 s video of
+11 latent frames in two windows of 8 recomputes 5 frames; two windows of 7 recompute 3). Each sampler step (or every
 ``sync_every`` steps) every window is advanced on whichever replica is free, then the
 overlapping frames are fused with trapezoid weights (MultiDiffusion): a window's weight ramps
 up across its leading overlap and down across its trailing one, and the weights of all windows
@@ -72,6 +75,8 @@ class TilingOptions:
     """Latent frames each decode tile owns."""
     decode_context: int
     """Latent frames of causal context before each decode tile."""
+    fit_windows: bool = False
+    """Shorten windows to the fewest frames that cover the video with the minimum overlap."""
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -134,14 +139,18 @@ class RenderPlan:
         }
 
 
-def plan_windows(latent_frames: int, window: int, min_overlap: int) -> tuple[Window, ...]:
-    """Cover ``latent_frames`` frames with evenly spaced windows of ``window`` frames."""
+def plan_windows(latent_frames: int, window: int, min_overlap: int, fit: bool = False) -> tuple[Window, ...]:
+    """Cover ``latent_frames`` frames with evenly spaced windows of ``window`` frames (``fit``: of
+    the fewest frames, at most ``window``, that the same number of windows needs)."""
     if latent_frames < 1:
         raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
     if latent_frames <= window:
         return (Window(0, 0, latent_frames, (1.0,) * latent_frames),)
     stride = window - min_overlap
     count = 1 + math.ceil((latent_frames - window) / stride)
+    if fit:
+        # count * w - (count - 1) * min_overlap >= latent_frames; never above ``window`` by the choice of count
+        window = math.ceil((latent_frames + (count - 1) * min_overlap) / count)
     span = latent_frames - window
     starts = [round(i * span / (count - 1)) for i in range(count)]
 
@@ -214,7 +223,7 @@ def plan_render(
     return RenderPlan(
         num_frames=num_frames,
         latent_shape=latent_shape,
-        windows=plan_windows(latent_frames, options.window, options.min_overlap),
+        windows=plan_windows(latent_frames, options.window, options.min_overlap, options.fit_windows),
         sync_every=options.sync_every,
         decode_tiles=plan_decode_tiles(latent_frames, num_frames, geometry, options.decode_tile, options.decode_context),
     )

@@ -49,7 +49,8 @@ def clip(frames: int = 17):
     return render(ClipSpec("red", "circle", "large", "medium", "right", "black", 64, 64, 8.0, frames, (0.3, 0.5)))
 
 
-def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, **fields) -> tuple[torch.Tensor, object, JobRecord, Renderer]:
+def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, options: TilingOptions = OPTIONS,
+            **fields) -> tuple[torch.Tensor, object, JobRecord, Renderer]:
     config, stages = engines
     model = load_model(config, parts=())
     request = GenerationRequest(prompt="a red circle moving right", width=64, height=64, fps=8, steps=3, seed=1, **fields)
@@ -58,7 +59,7 @@ def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, **fields
     spec = resolve_request(request, model.card, LimitsConfig(), {n: c.info for n, c in collected.items()})
     record = JobRecord(job_id="job", tenant=tenant, request=request.without_data(), spec=spec, created_at=0.0, updated_at=0.0)
     collector.save(tenant, "job", collected)
-    plan = plan_job(spec, model.geometry, OPTIONS)
+    plan = plan_job(spec, model.geometry, options)
     renderer = Renderer(model, stages, store, decode_ahead=2, max_windows_per_call=max_windows_per_call)
 
     async def run():
@@ -80,6 +81,16 @@ def test_batched_windows_match_one_call_per_window(engines, object_store, key_pr
     batched, plan, _, _ = denoise(engines, object_store, key_prefix, duration_s=4)
     single, _, _, _ = denoise(engines, object_store, key_prefix, max_windows_per_call=1, duration_s=4)
     assert len(plan.render.windows) >= 4, "several windows in batches of up to 4 and of 1"
+    assert torch.allclose(batched, single, atol=1e-4), (batched - single).abs().max()
+
+
+def test_fitted_windows_run_batched_and_one_by_one_alike(engines, object_store, key_prefix):
+    """5 s at 8 fps is 11 latent frames: two windows of 7 (not 8) that still share 3 frames."""
+    fitted = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=4, fit_windows=True)
+    batched, plan, _, _ = denoise(engines, object_store, key_prefix, options=fitted, duration_s=5)
+    single, _, _, _ = denoise(engines, object_store, key_prefix, max_windows_per_call=1, options=fitted, duration_s=5)
+    assert [(w.start, w.stop) for w in plan.render.windows] == [(0, 7), (4, 11)]
+    assert batched.shape[1] == 11 and torch.isfinite(batched).all()
     assert torch.allclose(batched, single, atol=1e-4), (batched - single).abs().max()
 
 

@@ -15,8 +15,8 @@ GEOMETRY = LatentGeometry(
 OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=2)
 
 
-def check_windows(latent_frames: int, window: int, overlap: int) -> None:
-    windows = plan_windows(latent_frames, window, overlap)
+def check_windows(latent_frames: int, window: int, overlap: int, fit: bool = False) -> None:
+    windows = plan_windows(latent_frames, window, overlap, fit)
     totals = [0.0] * latent_frames
     for w in windows:
         assert len(w.weights) == w.length
@@ -28,7 +28,15 @@ def check_windows(latent_frames: int, window: int, overlap: int) -> None:
     if latent_frames <= window:
         assert len(windows) == 1 and windows[0].length == latent_frames
         return
-    assert all(w.length == window for w in windows), "every window has the native length"
+    lengths = {w.length for w in windows}
+    assert len(lengths) == 1, "all windows of a video have one length"
+    length = lengths.pop()
+    if fit:
+        count = len(windows)
+        assert length <= window and count == len(plan_windows(latent_frames, window, overlap)), "same windows, never longer"
+        assert count * (length - 1) - (count - 1) * overlap < latent_frames, "one frame shorter could not cover the video"
+    else:
+        assert length == window, "every window has the native length"
     for left, right in zip(windows, windows[1:]):
         assert right.start > left.start
         assert left.stop - right.start >= overlap, "neighbours share at least the minimum overlap"
@@ -42,17 +50,36 @@ def check_windows(latent_frames: int, window: int, overlap: int) -> None:
         assert right_weights == sorted(right_weights)
 
 
+@pytest.mark.parametrize("fit", [False, True])
 @pytest.mark.parametrize("fps", [4, 8, 12, 24])
-def test_windows_cover_every_duration(fps):
+def test_windows_cover_every_duration(fps, fit):
     for num_frames in range(1, 60 * fps + 1):
         latent_frames = GEOMETRY.latent_frames(num_frames)
-        check_windows(latent_frames, 8, 2)
+        check_windows(latent_frames, 8, 2, fit)
 
 
+@pytest.mark.parametrize("fit", [False, True])
 @pytest.mark.parametrize("window,overlap", [(1, 0), (2, 1), (5, 0), (8, 4), (8, 7), (16, 3)])
-def test_windows_any_window_and_overlap(window, overlap):
+def test_windows_any_window_and_overlap(window, overlap, fit):
     for latent_frames in range(1, 130):
-        check_windows(latent_frames, window, overlap)
+        check_windows(latent_frames, window, overlap, fit)
+
+
+def test_fitted_windows_recompute_less_and_even_out_the_cost_per_second():
+    """At 8 fps: 5 s (11 latent frames) in two windows of 7, not 8; 60 s keeps windows of 8."""
+    assert [(w.start, w.stop) for w in plan_windows(11, 8, 2, fit=True)] == [(0, 7), (4, 11)]
+    assert {w.length for w in plan_windows(21, 8, 2, fit=True)} == {7}
+    assert {w.length for w in plan_windows(121, 8, 2, fit=True)} == {8}
+
+    def work_per_second(seconds: int, fit: bool) -> float:
+        latent_frames = GEOMETRY.latent_frames(8 * seconds)
+        return sum(w.length for w in plan_windows(latent_frames, 8, 2, fit)) / seconds
+
+    seconds = (2, 5, 10, 20, 40, 60)
+    native = [work_per_second(s, False) for s in seconds]
+    fitted = [work_per_second(s, True) for s in seconds]
+    assert all(f <= n for f, n in zip(fitted, native))
+    assert fitted == pytest.approx([2.5, 2.8, 2.8, 2.8, 2.8, 160 / 60])  # native: 2.5, 3.2, 3.2, 2.8, 2.8, 2.67
 
 
 def test_window_count_grows_linearly():
