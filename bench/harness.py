@@ -118,7 +118,8 @@ def serve_stack(home: Path, config: dict, num_cpus: int) -> Iterator:
     from tessera.cluster.stack import StackRunner, pick_free_port
     from tessera.serving.client import TesseraClient
 
-    runner = StackRunner(home, config=config, grpc_port=pick_free_port(), s3_port=pick_free_port(), num_cpus=num_cpus)
+    grpc_port = pick_free_port()
+    runner = StackRunner(home, config=config, grpc_port=grpc_port, s3_port=pick_free_port(avoid={grpc_port}), num_cpus=num_cpus)
     try:
         started = time.monotonic()
         resolved = runner.start()

@@ -162,7 +162,7 @@ def background(args: argparse.Namespace) -> dict:
     engine = DenoiserEngine(MODEL, THREADS)
     torch.set_num_threads(THREADS)
     timed_local(engine, works, 2)
-    alone, beside, idle_cpu = [], [], []
+    alone, beside, idle_cpu = [], [], {}
     for stack_index in range(args.stacks):
         alone.append(median(timed_local(engine, works, args.calls)))
         with tempfile.TemporaryDirectory() as tmp, serve_stack(Path(tmp), {"deployments": _deployments()}, num_cpus=4):
@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--stacks", type=int, default=3, help="background: stack starts")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     args = parser.parse_args()
+    if args.calls < 1 or args.stacks < 1:
+        parser.error("--calls and --stacks must be at least 1")
     started = time.monotonic()
     hops = hop(args)
     idle = background(args)

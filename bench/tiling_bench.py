@@ -191,7 +191,7 @@ def length(args: argparse.Namespace) -> dict:
         right.set_ylim(bottom=0)
         right.legend()
 
-    data = {"steps": args.steps, "size": args.size, "fps": FPS, "summary": summary, "tiled": rows["tiled"], "naive": rows["naive"],
+    data = {"steps": args.steps, "size": args.size, "fps": FPS, "tiling": TILING, "summary": summary, "tiled": rows["tiled"], "naive": rows["naive"],
             "serve": serve_rows}
     write_results(_name("tiling_length", args.size), data)
     plot(_name("tiling_length", args.size), draw)
@@ -205,9 +205,10 @@ def fit(args: argparse.Namespace) -> dict:
     arms = {"fitted": {"fit_windows": True}, "native": {"fit_windows": False}}
     walls: dict[str, dict[float, list[float]]] = {arm: {d: [] for d in durations} for arm in arms}
     with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for duration in durations:
-                for arm, tiling in arms.items():
+                order = list(arms.items()) if repeat % 2 == 0 else list(arms.items())[::-1]
+                for arm, tiling in order:
                     config = {"model": MODEL, "deployments": _deployments(), "tiling": tiling, "storage": storage}
                     result = run_local(config, [_request("a blue square moving right", duration, args.steps, 1, args.size)])
                     walls[arm][duration].append(result["results"][0]["timings"]["denoise_s"])
@@ -222,7 +223,7 @@ def fit(args: argparse.Namespace) -> dict:
                                                          TilingConfig(**tiling).options(geometry)).windows)
                   for arm, tiling in arms.items()}
         fitted, native = median(walls["fitted"][duration]), median(walls["native"][duration])
-        rows.append({"duration_s": duration, "window_frames": frames, "fitted_denoise_s": fitted, "native_denoise_s": native,
+        rows.append({"duration_s": duration, "window_work_frames": frames, "fitted_denoise_s": fitted, "native_denoise_s": native,
                      "ratio": fitted / native, "frames_ratio": frames["fitted"] / frames["native"], "runs": {a: walls[a][duration] for a in arms}})
         print(f"{duration:4.0f} s: denoising {native:.2f} s native -> {fitted:.2f} s fitted ({fitted / native:.2f}x; "
               f"{frames['native']} -> {frames['fitted']} latent frames of window work, {frames['fitted'] / frames['native']:.2f}x)", flush=True)
@@ -237,7 +238,7 @@ def fit(args: argparse.Namespace) -> dict:
         plt.title(f"{args.size}x{args.size}, {args.steps} steps, {args.repeats} alternated runs")
         plt.legend()
 
-    name = _name("tiling_fit", args.size)
+    name = "tiling_fit" if args.size == SIZE else f"tiling_fit_{args.size}"  # both arms whatever --native-windows says
     write_results(name, {"size": args.size, "steps": args.steps, "repeats": args.repeats, "rows": rows})
     plot(name, draw)
     return {"rows": rows}
@@ -272,8 +273,8 @@ def replicas(args: argparse.Namespace) -> dict:
         plt.title(f"{args.long_s:.0f} s video at {args.replica_size} px, 1 torch thread per replica\nspeedup {summary['speedup_wall']:.2f}x wall, {summary['speedup_denoise']:.2f}x denoising")
         plt.legend()
 
-    write_results("tiling_replicas", {"request": request, "repeats": args.repeats, "summary": summary, "runs": runs})
-    plot("tiling_replicas", draw)
+    write_results(_name("tiling_replicas", SIZE), {"request": request, "tiling": TILING, "repeats": args.repeats, "summary": summary, "runs": runs})
+    plot(_name("tiling_replicas", SIZE), draw)
     return summary
 
 

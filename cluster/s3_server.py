@@ -481,7 +481,7 @@ class EmbeddedS3Server:
             return int(message["port"])
         if message.get("code") == "EADDRINUSE":
             raise S3ServerError(
-                f"cannot listen on {self.config.host}: {message.get('error')}; the port is already in use "
+                f"cannot listen on {self.config.host}:{self.config.port}: the port is already in use "
                 "(pick another port, or 0 for a free one)"
             )
         raise S3ServerError(f"the embedded S3 server failed to start: {message.get('error', message)}")

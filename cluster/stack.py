@@ -18,12 +18,13 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server, pid_alive
@@ -33,6 +34,8 @@ from tessera.serving.storage import StorageConfig
 DEFAULT_GRPC_PORT = 9000
 DEFAULT_S3_PORT = 9010
 DEFAULT_BUCKET = "tessera"
+LOG_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+"""How each record of the daemon's log begins (its logging format starts with the time)."""
 
 
 class StackStartError(RuntimeError):
@@ -40,15 +43,19 @@ class StackStartError(RuntimeError):
 
 
 def port_in_use(port: int) -> bool:
-    """Whether binding ``port`` on every interface (IPv6 and IPv4, as the gRPC proxy does) would fail now."""
+    """Whether something holds ``port`` on some interface, so that binding it on every interface
+    (IPv6 and IPv4, as the gRPC proxy does) would fail now. Other bind errors (a privileged port,
+    say) are raised as they are: they are not about the port being taken."""
     for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
         except OSError as error:
-            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            if error.errno == errno.EADDRINUSE:
                 return True
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
             # no IPv6 on this host: the IPv4 check decides
     return False
 
@@ -60,10 +67,11 @@ def port_in_use(port: int) -> bool:
 SPARE_PORTS = range(20000, 32768)
 
 
-def pick_free_port() -> int:
-    """A port in :data:`SPARE_PORTS` that nothing holds now."""
+def pick_free_port(avoid: Collection[int] = ()) -> int:
+    """A port in :data:`SPARE_PORTS` that nothing holds now, other than those in ``avoid``
+    (ports picked for other servers that have not started yet)."""
     for port in random.sample(SPARE_PORTS, 200):
-        if not port_in_use(port):
+        if port not in avoid and not port_in_use(port):
             return port
     raise RuntimeError(f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} after 200 tries")
 
@@ -136,7 +144,11 @@ class StackRunner:
             document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
         config = TesseraConfig.model_validate(document)
         self.config = config
-        if port_in_use(config.grpc.port):
+        try:
+            taken = port_in_use(config.grpc.port)
+        except OSError as error:
+            raise StackStartError(f"cannot listen on the gRPC port {config.grpc.port}: {error.strerror}") from None
+        if taken:
             raise StackStartError(port_taken_message(config.grpc.port))
 
         log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")
@@ -293,16 +305,22 @@ class EmbeddedStack:
         return report
 
     def _start_refusal(self, log_offset: int) -> str | None:
-        """The daemon's one-line reason for refusing to start (this run's log only), if it gave one."""
+        """The daemon's reason for refusing to start (this run's log only), if it gave one: the
+        rest of its "cannot start" record, continuation lines included (a log tail, say)."""
         try:
             with open(self.log_path, "rb") as log_file:
                 log_file.seek(log_offset)
-                text = log_file.read().decode(errors="replace")
+                lines = log_file.read().decode(errors="replace").splitlines()
         except FileNotFoundError:
             return None
-        for line in text.splitlines():
+        for index, line in enumerate(lines):
             if " cannot start: " in line:
-                return line.split(" cannot start: ", 1)[1]
+                reason = [line.split(" cannot start: ", 1)[1]]
+                for more in lines[index + 1 :]:
+                    if LOG_RECORD_START.match(more):
+                        break
+                    reason.append(more)
+                return "\n".join(reason)
         return None
 
     def _log_tail(self, lines: int = 40) -> str:

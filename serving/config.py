@@ -198,7 +198,8 @@ class TilingConfig(_Strict):
         True,
         description="Shorten a long video's windows (never above the window length) to the fewest latent frames that "
         "still cover it with the minimum overlap, so less is recomputed in overlaps: at 8 fps a 5 s video takes 14 "
-        "instead of 16 latent frames of work, a 10 s one 28 instead of 32. False: every window has the full length.",
+        "instead of 16 latent frames of work, a 10 s one 28 instead of 32. Multi-shot segments and loops keep full-length "
+        "windows. False: every window has the full length.",
     )
     decode_tile_frames: int | None = Field(None, ge=1, description="Latent frames per decode tile; None: the model's native window.")
     decode_ahead: int = Field(4, ge=1, description="Decode tiles in flight at once per job (bounds memory; spreads over Decoder replicas).")

@@ -136,6 +136,20 @@ function installShutdown(app, exitWithParent) {
   }
 }
 
+// What s3rver's run() does, but with listen errors caught: its listen() passes a 'listening'
+// callback and leaves 'error' unhandled, so a taken port crashed the process with a stack trace.
+async function listen(app, options) {
+  await app.configureBuckets();
+  app.httpServer = await new Promise((resolve, reject) => {
+    const server = app.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+    server.once('error', reject);
+  });
+  return app.httpServer.address();
+}
+
 async function main() {
   const options = parseOptions();
   fs.mkdirSync(options.dataDir, { recursive: true });
@@ -144,7 +158,7 @@ async function main() {
   await app.store.sweepTempFiles();
   let address;
   try {
-    address = await app.run();
+    address = await listen(app, options);
   } catch (err) {
     fail(`cannot listen on ${options.host}:${options.port}: ${err.message}`, err.code || 'LISTEN_FAILED');
   }

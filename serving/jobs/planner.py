@@ -75,8 +75,9 @@ class TilingOptions:
     """Latent frames each decode tile owns."""
     decode_context: int
     """Latent frames of causal context before each decode tile."""
-    fit_windows: bool = False
-    """Shorten windows to the fewest frames that cover the video with the minimum overlap."""
+    fit_windows: bool
+    """Shorten windows to the fewest frames that cover the video with the minimum overlap (plain
+    videos; the windows of multi-shot segments and loops keep the full length)."""
 
     def __post_init__(self) -> None:
         if self.window < 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tessera.cluster.stack import port_in_use
 from tests.helpers import ffprobe, free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def group_members(pgid: int) -> list[str]:
 def test_up_generate_jobs_down(tmp_path):
     home = tmp_path / "home"
     grpc_port = free_port()
-    up = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(free_port()))
+    up = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(free_port(avoid={grpc_port})))
     state = json.loads((home / "stack.json").read_text())
     try:
         assert f"gRPC:      127.0.0.1:{grpc_port}" in up.stdout
@@ -90,18 +91,35 @@ def test_down_when_not_running(tmp_path):
     assert "not running" in tessera(tmp_path, "down").stdout
 
 
-def test_up_refuses_a_grpc_port_in_use(tmp_path):
-    """A taken port is a one-line error before Ray starts, and the refused start leaves nothing running."""
-    home = tmp_path / "home"
+def up_with_one_port_taken(home: Path, taken: str) -> tuple[subprocess.CompletedProcess, int, int]:
+    """``tessera up`` while something listens on its ``taken`` ("grpc" or "s3") port."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", free_port()))
         holder.listen()
-        port = holder.getsockname()[1]
-        refused = tessera(home, "up", "--grpc-port", str(port), "--s3-port", str(free_port()), check=False)
+        held = holder.getsockname()[1]
+        other = free_port(avoid={held})
+        grpc_port, s3_port = (held, other) if taken == "grpc" else (other, held)
+        refused = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(s3_port), check=False)
+    return refused, grpc_port, s3_port
+
+
+def test_up_refuses_a_grpc_port_in_use(tmp_path):
+    """A taken port is a one-line error before Ray starts, and the refused start leaves nothing running."""
+    home = tmp_path / "home"
+    refused, port, s3_port = up_with_one_port_taken(home, "grpc")
     assert refused.returncode == 1
     assert refused.stderr.strip() == (f"error: the gRPC port {port} is already in use on this machine; stop what "
                                       "holds it or choose another port (--grpc-port, or grpc.port in the config)")
     assert not (home / "stack.json").exists()
     log = (home / "logs" / "daemon.log").read_text()
-    assert "starting Ray" not in log and "stopped" in log, "refused before Ray, the S3 server it started is stopped"
+    assert "starting the embedded S3 server" in log and "starting Ray" not in log, "refused after S3 started, before Ray"
+    assert not port_in_use(s3_port), "the S3 server the refused start had started is stopped"
     assert tessera(home, "status", check=False).returncode == 1
+
+
+def test_up_refuses_an_s3_port_in_use(tmp_path):
+    """The embedded S3 server's taken port is a one-line error too (no Node stack trace)."""
+    refused, _, s3_port = up_with_one_port_taken(tmp_path / "home", "s3")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{s3_port}: the port is already in use "
+                                      "(pick another port, or 0 for a free one)")

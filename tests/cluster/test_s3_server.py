@@ -430,8 +430,9 @@ def test_start_errors_are_specific(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(S3ServerError, match="already in use"):
+        with pytest.raises(S3ServerError) as in_use:
             EmbeddedS3Server(EmbeddedS3Config(data_dir=tmp_path / "a", port=port)).start()
+    assert str(in_use.value) == f"cannot listen on 127.0.0.1:{port}: the port is already in use (pick another port, or 0 for a free one)"
     with pytest.raises(S3ServerError, match="bootstrap.sh"):
         EmbeddedS3Server(EmbeddedS3Config(data_dir=tmp_path / "b", node_executable="no-such-node-binary")).start()
     with pytest.raises(S3ServerError, match="exited|failed to start") as caught:

@@ -30,7 +30,8 @@ class Stack:
 def stack(tmp_path_factory) -> Stack:
     # Every sampler step streamed back (the default coalesces steps faster than 0.2 s), so the
     # tests see the streaming itself, step by step.
-    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=free_port(), s3_port=free_port(), num_cpus=2,
+    grpc_port = free_port()
+    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=grpc_port, s3_port=free_port(avoid={grpc_port}), num_cpus=2,
                          config={"jobs": {"step_progress_s": 0}})
     try:
         config = runner.start()

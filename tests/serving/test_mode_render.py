@@ -29,7 +29,7 @@ from tessera.serving.prompt_expander import PromptExpanderEngine
 from tessera.serving.stages import EncodeRequest, LocalStages
 from tessera.serving.video import VideoEncodingConfig, encode_mp4
 
-OPTIONS = TilingOptions(window=4, min_overlap=2, sync_every=1, decode_tile=4, decode_context=4)
+OPTIONS = TilingOptions(window=4, min_overlap=2, sync_every=1, decode_tile=4, decode_context=4, fit_windows=False)
 """Short windows: a 2 s clip spans several, so fusion runs across the given frames."""
 
 

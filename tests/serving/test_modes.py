@@ -32,7 +32,7 @@ def card(max_image_side: int = 256) -> ModelCard:
 
 
 LIMITS = LimitsConfig()
-OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=4)
+OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=4, fit_windows=False)
 INLINE = MediaInput(data=b"stand-in bytes: the media below says what they hold")
 
 

@@ -12,7 +12,7 @@ from tessera.serving.jobs.planner import TilingOptions, plan_decode_tiles, plan_
 GEOMETRY = LatentGeometry(
     latent_channels=8, spatial_factor=8, temporal_factor=4, patch_size=(1, 2, 2), native_window=8, decode_context=2
 )
-OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=2)
+OPTIONS = TilingOptions(window=8, min_overlap=2, sync_every=1, decode_tile=8, decode_context=2, fit_windows=False)
 
 
 def check_windows(latent_frames: int, window: int, overlap: int, fit: bool = False) -> None:
@@ -110,7 +110,7 @@ def test_single_window_takes_all_steps_in_one_call():
 
 
 def test_tiled_plan_syncs_every_k_steps():
-    plan = plan_render(480, 64, 64, GEOMETRY, TilingOptions(window=8, min_overlap=2, sync_every=3, decode_tile=8, decode_context=2))
+    plan = plan_render(480, 64, 64, GEOMETRY, TilingOptions(window=8, min_overlap=2, sync_every=3, decode_tile=8, decode_context=2, fit_windows=False))
     assert plan.latent_shape == (8, 121, 8, 8)
     assert len(plan.windows) == 20
     groups = plan.step_groups(10)
@@ -130,10 +130,10 @@ def test_one_frame_image():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(window=0, min_overlap=0, sync_every=1, decode_tile=1, decode_context=0), "window"),
-        (dict(window=4, min_overlap=4, sync_every=1, decode_tile=1, decode_context=0), "min_overlap"),
-        (dict(window=4, min_overlap=1, sync_every=0, decode_tile=1, decode_context=0), "sync_every"),
-        (dict(window=4, min_overlap=1, sync_every=1, decode_tile=0, decode_context=0), "decode_tile"),
+        (dict(window=0, min_overlap=0, sync_every=1, decode_tile=1, decode_context=0, fit_windows=False), "window"),
+        (dict(window=4, min_overlap=4, sync_every=1, decode_tile=1, decode_context=0, fit_windows=False), "min_overlap"),
+        (dict(window=4, min_overlap=1, sync_every=0, decode_tile=1, decode_context=0, fit_windows=False), "sync_every"),
+        (dict(window=4, min_overlap=1, sync_every=1, decode_tile=0, decode_context=0, fit_windows=False), "decode_tile"),
     ],
 )
 def test_tiling_options_are_checked(kwargs, message):
