@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tempfile
 import time
@@ -46,9 +47,14 @@ THREADS = 2
 MODEL = ModelConfig()
 
 
+@functools.cache
+def text_model():
+    return load_model(MODEL, parts={"text"})
+
+
 def make_works(size: int, windows: int) -> list[DenoiseWork]:
     """One sampler step of ``windows`` windows of the native length, as a long video's step group sends them."""
-    model = load_model(MODEL, parts={"text"})
+    model = text_model()
     text, negative = model.encode_text(["a yellow square moving down", ""])
     geometry = model.geometry
     side = size // geometry.spatial_factor

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server, pid_alive
@@ -52,12 +52,19 @@ def port_in_use(port: int) -> bool:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
+            if bind_error_means_taken(error):
                 return True
-            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                raise
-            # no IPv6 on this host: the IPv4 check decides
     return False
+
+
+def bind_error_means_taken(error: OSError) -> bool:
+    """True for a port someone holds, False for an address family this host lacks (no IPv6:
+    the IPv4 check decides); any other bind error is not about the port and is raised."""
+    if error.errno == errno.EADDRINUSE:
+        return True
+    if error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+        return False
+    raise error
 
 
 # Ports for servers started seconds later (tests, benchmarks). Not from the kernel's ephemeral
@@ -67,13 +74,15 @@ def port_in_use(port: int) -> bool:
 SPARE_PORTS = range(20000, 32768)
 
 
-def pick_free_port(avoid: Collection[int] = ()) -> int:
-    """A port in :data:`SPARE_PORTS` that nothing holds now, other than those in ``avoid``
-    (ports picked for other servers that have not started yet)."""
-    for port in random.sample(SPARE_PORTS, 200):
+def pick_free_port(avoid: Collection[int] = (), candidates: Sequence[int] | None = None) -> int:
+    """The first port of ``candidates`` (default: 200 drawn at random from :data:`SPARE_PORTS`)
+    that nothing holds now and that is not in ``avoid`` (ports picked for other servers that
+    have not started yet)."""
+    tried = random.sample(SPARE_PORTS, 200) if candidates is None else list(candidates)
+    for port in tried:
         if port not in avoid and not port_in_use(port):
             return port
-    raise RuntimeError(f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} after 200 tries")
+    raise RuntimeError(f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} after {len(tried)} tries")
 
 
 def port_taken_message(port: int) -> str:

@@ -8,11 +8,12 @@ denoiser's native length ``W`` that overlap by at least ``O`` frames. Windows ar
 evenly over the video so every overlap is about the same length. With ``fit_windows`` they are
 also shortened to the fewest frames that still cover the video with that many windows and the
 minimum overlap: evenly spread native windows can overlap far more than ``O`` (a 5 s video of
-11 latent frames in two windows of 8 recomputes 5 frames; two windows of 7 recompute 3). Each sampler step (or every
-``sync_every`` steps) every window is advanced on whichever replica is free, then the
-overlapping frames are fused with trapezoid weights (MultiDiffusion): a window's weight ramps
-up across its leading overlap and down across its trailing one, and the weights of all windows
-covering a frame are normalised to sum to one. Video edges get no ramp.
+11 latent frames in two windows of 8 recomputes 5 frames; two windows of 7 recompute 3).
+
+Each sampler step (or every ``sync_every`` steps) every window is advanced on whichever replica
+is free, then the overlapping frames are fused with trapezoid weights (MultiDiffusion): a
+window's weight ramps up across its leading overlap and down across its trailing one, and the
+weights of all windows covering a frame are normalised to sum to one. Video edges get no ramp.
 
 Decoding is tiled the same way, with exact causal context instead of blending: tile ``i``
 owns latent frames ``[start, stop)`` and is decoded together with up to ``context`` latent

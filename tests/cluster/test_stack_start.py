@@ -3,14 +3,14 @@ for refusing to start as the CLI shows it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import random
 import socket
+from collections.abc import Iterator
 
 import pytest
 
-from tessera.cluster import stack as stack_module
-from tessera.cluster.stack import SPARE_PORTS, EmbeddedStack, pick_free_port, port_in_use
+from tessera.cluster.stack import SPARE_PORTS, EmbeddedStack, bind_error_means_taken, pick_free_port, port_in_use
 
 
 def test_a_listening_port_is_in_use_and_a_closed_one_is_not():
@@ -22,22 +22,29 @@ def test_a_listening_port_is_in_use_and_a_closed_one_is_not():
     assert not port_in_use(port)
 
 
-def test_the_picker_skips_taken_and_avoided_ports(monkeypatch):
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", pick_free_port()))
-        holder.listen()
-        taken = holder.getsockname()[1]
+@contextlib.contextmanager
+def held_ports(count: int) -> Iterator[list[int]]:
+    """``count`` ports of :data:`SPARE_PORTS` with something listening on them."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            holder = stack.enter_context(socket.socket())
+            holder.bind(("127.0.0.1", pick_free_port(avoid=ports)))
+            holder.listen()
+            ports.append(holder.getsockname()[1])
+        yield ports
+
+
+def test_the_picker_skips_taken_and_avoided_ports():
+    with held_ports(1) as [taken]:
         avoided = pick_free_port(avoid={taken})
         free = pick_free_port(avoid={taken, avoided})
-        offered = [taken, avoided, free]
-        monkeypatch.setattr(random, "sample", lambda population, k: offered + [p for p in population if p not in offered][: k - 3])
-        assert pick_free_port(avoid={avoided}) == free
+        assert pick_free_port(avoid={avoided}, candidates=[taken, avoided, free]) == free
 
 
-def test_the_picker_gives_up_with_a_clear_error(monkeypatch):
-    monkeypatch.setattr(stack_module, "port_in_use", lambda port: True)
-    with pytest.raises(RuntimeError, match=f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1}"):
-        pick_free_port()
+def test_the_picker_gives_up_with_a_clear_error():
+    with held_ports(2) as held, pytest.raises(RuntimeError, match=f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1}"):
+        pick_free_port(candidates=held)
 
 
 def test_spare_ports_stay_below_the_ephemeral_range():
@@ -46,14 +53,12 @@ def test_spare_ports_stay_below_the_ephemeral_range():
     assert SPARE_PORTS.stop <= low, "ports picked for later servers must not be handed out for outbound connections"
 
 
-def test_other_bind_errors_are_not_reported_as_a_taken_port(monkeypatch):
+def test_other_bind_errors_are_not_reported_as_a_taken_port():
     """A privileged port for a non-root user, say: the caller shows the real error instead."""
-    def refuse(self, address):
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(socket.socket, "bind", refuse)
+    assert bind_error_means_taken(OSError(errno.EADDRINUSE, "Address already in use"))
+    assert not bind_error_means_taken(OSError(errno.EAFNOSUPPORT, "Address family not supported"))
     with pytest.raises(PermissionError):
-        port_in_use(443)
+        bind_error_means_taken(PermissionError(errno.EACCES, "Permission denied"))
 
 
 def test_the_refusal_reason_keeps_its_continuation_lines_and_only_this_run(tmp_path):
