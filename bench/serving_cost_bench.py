@@ -38,9 +38,9 @@ from harness import median, plot, role_of, serve_stack, write_results  # noqa: E
 from tiling_bench import _deployments  # noqa: E402
 
 from tessera.models.config import ModelConfig  # noqa: E402
-from tessera.models.interface import DenoiseWork  # noqa: E402
 from tessera.models.registry import load_model  # noqa: E402
 from tessera.serving.denoiser import DenoiserEngine  # noqa: E402
+from tessera.serving.stages import SharedText, StepWork  # noqa: E402
 
 THREADS = 2
 """torch threads of the engine in process and in the replica (the bench's Denoiser setting)."""
@@ -52,29 +52,37 @@ def text_model():
     return load_model(MODEL, parts={"text"})
 
 
-def make_works(size: int, windows: int) -> list[DenoiseWork]:
-    """One sampler step of ``windows`` windows of the native length, as a long video's step group sends them."""
+def make_works(size: int, windows: int, by_reference: bool = False) -> list[StepWork]:
+    """One sampler step of ``windows`` windows of the native length, as a long video's step group
+    sends them; the text conditioning inline, or (``by_reference``) in Ray's object store once,
+    as the JobRunner sends it."""
     model = text_model()
     text, negative = model.encode_text(["a yellow square moving down", ""])
+    if by_reference:
+        import ray
+
+        shared = SharedText(SharedText.content_key(text, negative), ray.put((text, negative)))
+    else:
+        shared = SharedText(SharedText.content_key(text, negative), (text, negative))
     geometry = model.geometry
     side = size // geometry.spatial_factor
     generator = torch.Generator().manual_seed(0)
     sigmas = tuple(model.sigmas(10)[:2])
     return [
-        DenoiseWork(
+        StepWork(
             latents=torch.randn((geometry.latent_channels, geometry.native_window, side, side), generator=generator),
-            sigmas=sigmas, text=text, negative_text=negative, guidance_scale=5.0, fps=8.0,
+            sigmas=sigmas, text=shared, guidance_scale=5.0, fps=8.0,
         )
         for _ in range(windows)
     ]
 
 
-def payload_bytes(works: list[DenoiseWork]) -> int:
-    tensors = [t for w in works for t in (w.latents, w.text.tokens, w.negative_text.tokens)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+def payload_bytes(works: list[StepWork]) -> int:
+    """Bytes each call carries: the latents (the text conditioning goes once per job by reference)."""
+    return sum(w.latents.numel() * w.latents.element_size() for w in works)
 
 
-def timed_local(engine: DenoiserEngine, works: list[DenoiseWork], calls: int) -> list[float]:
+def timed_local(engine: DenoiserEngine, works: list[StepWork], calls: int) -> list[float]:
     async def run() -> list[float]:
         times = []
         for _ in range(calls):
@@ -97,7 +105,7 @@ def hop(args: argparse.Namespace) -> list[dict]:
         def __init__(self) -> None:
             self.engine = DenoiserEngine(MODEL, THREADS)
 
-        async def advance_batch(self, works: list[DenoiseWork]) -> tuple[list[torch.Tensor], float]:
+        async def advance_batch(self, works: list[StepWork]) -> tuple[list[torch.Tensor], float]:
             started = time.perf_counter()
             latents = await self.engine.advance_batch(works)
             return latents, time.perf_counter() - started
@@ -111,13 +119,14 @@ def hop(args: argparse.Namespace) -> list[dict]:
         for size in args.sizes:
             for windows in (1, 4):
                 works = make_works(size, windows)
-                handle.advance_batch.remote(works).result()  # warm both sides
+                remote_works = make_works(size, windows, by_reference=True)
+                handle.advance_batch.remote(remote_works).result()  # warm both sides (the text crosses once)
                 timed_local(engine, works, 1)
                 local, wall, inside = [], [], []
                 for _ in range(args.calls):  # alternate call by call, so drift hits both alike
                     local += timed_local(engine, works, 1)
                     started = time.perf_counter()
-                    _, model_s = handle.advance_batch.remote(works).result()
+                    _, model_s = handle.advance_batch.remote(remote_works).result()
                     wall.append(time.perf_counter() - started)
                     inside.append(model_s)
                 row = {

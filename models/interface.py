@@ -16,7 +16,11 @@ Conventions shared by all families:
 * Noise levels ``sigma`` run from 1.0 (pure noise) down to 0.0 (clean), and a
   family's ``sigmas(steps)`` returns ``steps + 1`` descending values ending at
   0.0. Rectified-flow families interpolate ``x = (1 - sigma) * x0 + sigma * noise``.
-* Frames are ``uint8`` tensors ``(T, H, W, 3)`` in RGB.
+* Frames are ``uint8`` tensors ``(T, H, W, 3)`` in RGB. The VAE is causal in time: latent
+  frame 0 is pixel frame 0 alone, every later latent frame a group of ``temporal_factor``
+  frames; :class:`TimeGrid` is the one place that arithmetic is written.
+* Given (conditioning) frames are put back into latents with :func:`keep_given`
+  (:meth:`FrameCondition.apply`), bit-exact, wherever that is done.
 * Initial noise comes from :func:`frame_noise`, seeded per latent frame, so any
   time window of a long video can draw its own noise without materialising
   the whole video's noise, and the result does not depend on how the video
@@ -34,6 +38,80 @@ import torch
 
 Part = Literal["text", "denoiser", "vae"]
 ALL_PARTS: frozenset[str] = frozenset({"text", "denoiser", "vae"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeGrid:
+    """Pixel frames <-> latent frames of a causal video VAE with temporal factor ``f``.
+
+    Latent frame 0 encodes pixel frame 0 alone; latent frame ``k >= 1`` encodes the *group* of
+    pixel frames ``1 + f*(k-1) .. f*k``. So ``L`` latent frames decode to ``1 + f*(L-1)`` pixel
+    frames. Two lengths land on this grid:
+
+    * a *start*: ``1 + f*k`` frames from the beginning of a video, ending on a latent boundary
+      (a whole video, an input that starts it, the first shot);
+    * *groups*: ``f*k`` frames placed after latent frame 0 (a bridge, later shots, a
+      group-aligned input, a loop's circle).
+
+    The one home of this arithmetic (the planner, the mode layout and rules, and model code ask
+    it). Plain integers in and out.
+    """
+
+    temporal_factor: int
+
+    def __post_init__(self) -> None:
+        if self.temporal_factor < 1:
+            raise ValueError(f"temporal_factor must be >= 1, got {self.temporal_factor}")
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames needed to produce at least ``num_frames`` pixel frames: ``1 + ceil((n-1)/f)``."""
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        return 1 + math.ceil((num_frames - 1) / self.temporal_factor)
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames the VAE decodes from ``latent_frames`` latent frames: ``1 + f*(L-1)``."""
+        if latent_frames < 1:
+            raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
+        return 1 + self.temporal_factor * (latent_frames - 1)
+
+    def pixel_start(self, latent: int) -> int:
+        """First pixel frame of latent frame ``latent`` (equally: the pixel frames that latent
+        frames ``[0, latent)`` decode to; 0 for 0)."""
+        if latent < 0:
+            raise ValueError(f"latent frame must be >= 0, got {latent}")
+        return 0 if latent == 0 else 1 + self.temporal_factor * (latent - 1)
+
+    def pixel_range(self, start: int, stop: int | None = None) -> tuple[int, int]:
+        """Pixel frames ``[first, end)`` of latent frames ``[start, stop)`` (default: latent frame ``start`` alone)."""
+        stop = start + 1 if stop is None else stop
+        if stop < start:
+            raise ValueError(f"need start <= stop, got {start}, {stop}")
+        return self.pixel_start(start), self.pixel_start(stop)
+
+    def floor_start(self, frames: int) -> int:
+        """Largest start ``1 + f*k <= frames`` (``frames >= 1``): a video's head cut to its last whole group."""
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        return 1 + self.temporal_factor * ((frames - 1) // self.temporal_factor)
+
+    def ceil_start(self, frames: int) -> int:
+        """Smallest start ``1 + f*k >= frames`` (at least 1): ``frames`` padded to a latent boundary."""
+        return 1 + self.temporal_factor * math.ceil(max(frames - 1, 0) / self.temporal_factor)
+
+    def round_start(self, frames: int, min_groups: int = 1) -> int:
+        """The start ``1 + f*k`` nearest ``frames``, with ``k >= min_groups``."""
+        return 1 + self.round_groups(frames - 1, min_groups)
+
+    def groups(self, frames: int) -> int:
+        """Latent frames that encode ``frames`` pixel frames as whole groups: ``ceil(frames / f)``."""
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        return math.ceil(frames / self.temporal_factor)
+
+    def round_groups(self, frames: int, min_groups: int = 1) -> int:
+        """Whole groups ``f*k`` nearest ``frames``, with ``k >= min_groups``."""
+        return self.temporal_factor * max(min_groups, round(frames / self.temporal_factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +136,18 @@ class LatentGeometry:
         """Width and height must be multiples of this many pixels."""
         return self.spatial_factor * max(self.patch_size[1], self.patch_size[2])
 
+    @property
+    def time_grid(self) -> TimeGrid:
+        """The causal VAE's pixel <-> latent frame arithmetic (see :class:`TimeGrid`)."""
+        return TimeGrid(self.temporal_factor)
+
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames needed to produce at least ``num_frames`` pixel frames."""
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        return 1 + math.ceil((num_frames - 1) / self.temporal_factor)
+        return self.time_grid.latent_frames(num_frames)
 
     def pixel_frames(self, latent_frames: int) -> int:
         """Pixel frames the VAE decodes from ``latent_frames`` latent frames."""
-        if latent_frames < 1:
-            raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
-        return 1 + self.temporal_factor * (latent_frames - 1)
+        return self.time_grid.pixel_frames(latent_frames)
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T, H, W)`` of the latents for a video of the given pixel size."""
@@ -131,6 +210,26 @@ class FrameCondition:
 
     latents: torch.Tensor  # (C, T, H, W)
     mask: torch.Tensor  # (T,) float in {0, 1}
+
+    def apply(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents`` ``(C, T, H, W)`` with the given frames put back exactly (see :func:`keep_given`)."""
+        return keep_given(latents, self.latents, self.mask)
+
+
+def keep_given(latents: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``latents`` with every frame where ``mask == 1`` replaced by the same frame of ``known``.
+
+    The one home of "put the given frames back" (frame-mask conditioning): bit-exact, in
+    ``latents``' dtype and on its device. ``latents`` and ``known`` are ``(..., C, T, H, W)``
+    (one video, or a batch ``(B, C, T, H, W)``) and ``mask`` is ``(..., T)`` in {0, 1} (or
+    bool); the time axis is the third from the end. Returns a new tensor.
+    """
+    if known.shape[-4:] != latents.shape[-4:]:
+        raise ValueError(f"given latents {tuple(known.shape)} do not match latents {tuple(latents.shape)}")
+    if mask.shape[-1] != latents.shape[-3]:
+        raise ValueError(f"mask of {mask.shape[-1]} frames for latents of {latents.shape[-3]} frames")
+    frame_mask = mask.to(latents.device).bool()[..., None, :, None, None]  # (..., 1, T, 1, 1)
+    return torch.where(frame_mask, known.to(latents.device, latents.dtype), latents)
 
 
 @dataclasses.dataclass

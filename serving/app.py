@@ -1,8 +1,8 @@
 """Build the Ray Serve application from a :class:`TesseraConfig`.
 
-    Gateway (gRPC ingress) ──► PromptExpander
-                           ├─► Denoiser   (stateless step server, the GPU stage)
-                           └─► Decoder    (VAE decode + H.264 of time tiles)
+    Gateway (gRPC ingress, stateless) ──► JobRunner (owns jobs by lease) ──► PromptExpander
+                                                                        ├─► Denoiser (stateless step server, the GPU stage)
+                                                                        └─► Decoder  (VAE decode + H.264 of time tiles)
 
 For ``serve run`` / ``serve deploy`` the import path is ``tessera.serving.app:build``, with
 ``args: {config: path/to/tessera.yaml}`` (see ``deploy/serve.yaml``).
@@ -17,13 +17,14 @@ from tessera.serving.config import TesseraConfig
 from tessera.serving.decoder import Decoder
 from tessera.serving.denoiser import Denoiser
 from tessera.serving.gateway import Gateway
+from tessera.serving.job_runner import JobRunner
 from tessera.serving.prompt_expander import PromptExpander
 
-GRPC_SERVICER = "tessera.serving.api.tessera_pb2_grpc.add_VideoGenerationServicer_to_server"
+GRPC_SERVICER = "tessera.serving.api.servicer.add_VideoGenerationServicer_to_server"
 
 
 def build_app(config: TesseraConfig) -> serve.Application:
-    """The four deployments, each sized by its entry in ``config.deployments``."""
+    """The five deployments, each sized by its entry in ``config.deployments``."""
     d = config.deployments
     expander = PromptExpander.options(name="PromptExpander", **d.prompt_expander.serve_options()).bind(
         config.model, config.expansion, d.prompt_expander.threads
@@ -32,7 +33,8 @@ def build_app(config: TesseraConfig) -> serve.Application:
     decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(
         config.model, config.video, d.decoder.threads
     )
-    return Gateway.options(name="Gateway", **d.gateway.serve_options()).bind(config, expander, denoiser, decoder)
+    job_runner = JobRunner.options(name="JobRunner", **d.job_runner.serve_options()).bind(config, expander, denoiser, decoder)
+    return Gateway.options(name="Gateway", **d.gateway.serve_options()).bind(config, job_runner)
 
 
 def grpc_options(config: TesseraConfig) -> gRPCOptions:

@@ -82,6 +82,10 @@ class DeploymentConfig(_Strict):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads per replica; None: derived from num_cpus (at least 1)."
     )
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="How long Serve lets a stopping replica finish (scale-down, redeploy) before killing it; "
+        "a JobRunner replica hands its jobs over within it."
+    )
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> DeploymentConfig:
@@ -108,6 +112,7 @@ class DeploymentConfig(_Strict):
             "ray_actor_options": actor_options,
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
@@ -120,21 +125,27 @@ class DeploymentsConfig(_Strict):
     """One entry per Serve deployment."""
 
     gateway: DeploymentConfig = Field(
-        DeploymentConfig(num_cpus=0.25, max_ongoing_requests=256, max_queued_requests=64),
-        description="gRPC ingress and job runner (light: moves data, muxes video tiles).",
+        DeploymentConfig(num_cpus=0.1, max_ongoing_requests=256, max_queued_requests=64),
+        description="gRPC ingress: stateless (auth, validation, job records, watch); any number of replicas.",
+    )
+    job_runner: DeploymentConfig = Field(
+        DeploymentConfig(num_cpus=0.15, max_ongoing_requests=64, graceful_shutdown_timeout_s=60.0),
+        description="Runs jobs: owns each by a lease, drives the sampling loop across Denoiser replicas, "
+        "fuses windows, muxes and uploads outputs.",
     )
     prompt_expander: DeploymentConfig = Field(
-        DeploymentConfig(num_cpus=0.25, max_ongoing_requests=16),
+        DeploymentConfig(num_cpus=0.25, max_ongoing_requests=16, max_queued_requests=256),
         description="Re-captioning and text encoding.",
     )
     denoiser: DeploymentConfig = Field(
         # Deep enough that every window of a 60 s video is queued on a replica at once: when all
         # replicas are full, Serve's router retries with backoff and the replicas sit idle.
-        DeploymentConfig(num_cpus=1.0, max_ongoing_requests=32),
-        description="Stateless diffusion step server (the GPU stage).",
+        DeploymentConfig(num_cpus=1.0, max_ongoing_requests=32, max_queued_requests=1024),
+        description="Stateless diffusion step server (the GPU stage). A full queue makes the JobRunner back off "
+        "and retry the call (stage calls are stateless), so admitted jobs still complete.",
     )
     decoder: DeploymentConfig = Field(
-        DeploymentConfig(num_cpus=0.5, max_ongoing_requests=4),
+        DeploymentConfig(num_cpus=0.5, max_ongoing_requests=4, max_queued_requests=256),
         description="Video VAE decoding and H.264 encoding of time tiles.",
     )
 
@@ -174,18 +185,65 @@ class LimitsConfig(_Strict):
 
 
 class JobsConfig(_Strict):
-    """The gateway's job queue."""
+    """How jobs are admitted, owned and run (serving/jobs/engine.py, serving/jobs/lease.py)."""
 
-    max_queued_jobs: int = Field(64, ge=1, description="Jobs waiting per gateway replica; beyond it SubmitJob/Generate get RESOURCE_EXHAUSTED.")
-    max_running_jobs: int = Field(2, ge=1, description="Jobs one gateway replica renders at once; others wait queued.")
-    progress_flush_s: float = Field(2.0, gt=0, description="Shortest interval between progress writes to a job's S3 record.")
+    max_queued_jobs: int = Field(
+        64, ge=0, description="Jobs each JobRunner replica holds waiting for a slot; a submit that no replica has "
+        "room for gets RESOURCE_EXHAUSTED with a retry hint."
+    )
+    max_running_jobs: int = Field(2, ge=1, description="Jobs one JobRunner replica renders at once; others wait queued.")
+    progress_flush_s: float = Field(
+        0.5, gt=0, description="Shortest interval between progress writes to a running job's S3 record (what "
+        "watchers on any gateway see)."
+    )
     step_progress_s: float = Field(
         0.2, ge=0,
         description="Shortest interval between the step updates a Denoiser streams back while it denoises a "
         "single-window video: faster steps are reported together, since each update is a hop of its own "
         "(a GPU step of a real model takes longer, so every step is seen). 0: every step.",
     )
-    watch_poll_s: float = Field(0.5, gt=0, description="Poll interval when watching a job another gateway replica runs.")
+    watch_poll_s: float = Field(0.25, gt=0, description="How often a gateway re-reads the record of a job it streams.")
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="A job whose record has not changed for this long (on the observer's clock) is "
+        "taken over by another JobRunner replica."
+    )
+    heartbeat_s: float = Field(3.0, gt=0, description="How often a lease holder renews each job it holds; below lease_ttl_s / 2.")
+    scan_interval_s: float = Field(
+        2.0, gt=0, description="How often each JobRunner replica looks for unowned jobs and expired leases."
+    )
+    claim_grace_s: float = Field(
+        2.0, ge=0, description="A new job is left this long to the replica its gateway offered it to before a scan may claim it."
+    )
+    checkpoint_every_groups: int = Field(
+        5, ge=0, description="Save a running job's latents every this many step groups (and when denoising ends), so a "
+        "takeover resumes from there; deleted when the job ends. 0: no checkpoints (a takeover starts over)."
+    )
+    storage_retry_s: float = Field(
+        30.0, gt=0, description="How long a job rides out an unreachable object store while writing its outputs before "
+        "it fails with UNAVAILABLE."
+    )
+    end_retry_s: float = Field(
+        600.0, gt=0, description="How long a replica keeps trying to record a job's end (and clean up) while storage is away."
+    )
+    stage_retry_s: float = Field(
+        120.0, ge=0, description="How long a stage call whose replica died is retried (on another replica, or the "
+        "replacement Serve starts) before the job fails."
+    )
+    cancel_wait_s: float = Field(
+        10.0, ge=0, description="How long CancelJob waits for a running job to stop before answering with its current state."
+    )
+    max_concurrent_probes: int = Field(
+        4, ge=1, description="Submits whose media inputs one gateway replica reads and probes at once."
+    )
+    retry_pushback_ms: int = Field(
+        2000, ge=0, description="Retry hint sent in 'grpc-retry-pushback-ms' with RESOURCE_EXHAUSTED when no replica has room."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> JobsConfig:
+        if self.heartbeat_s * 2 > self.lease_ttl_s:
+            raise ValueError(f"jobs.heartbeat_s ({self.heartbeat_s}) must be at most half of jobs.lease_ttl_s ({self.lease_ttl_s})")
+        return self
 
 
 class TilingConfig(_Strict):
@@ -341,7 +399,7 @@ class TesseraConfig(_Strict):
     model: ModelConfig = Field(ModelConfig(), description="Model family and weights, shared by every stage.")
     deployments: DeploymentsConfig = Field(DeploymentsConfig(), description="Resources and scaling per deployment.")
     limits: LimitsConfig = Field(LimitsConfig(), description="Request limits.")
-    jobs: JobsConfig = Field(JobsConfig(), description="Job queue of each gateway replica.")
+    jobs: JobsConfig = Field(JobsConfig(), description="Job admission, leases, checkpoints and retries.")
     tiling: TilingConfig = Field(TilingConfig(), description="Time tiling of denoising and decoding.")
     video: VideoEncodingConfig = Field(VideoEncodingConfig(), description="H.264 encoding.")
     auth: AuthConfig = Field(AuthConfig(), description="API keys and tenants.")

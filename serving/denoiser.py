@@ -1,12 +1,12 @@
 """Denoiser stage: a stateless step server.
 
-A call carries one time window of one video (latents, noise levels, conditioning, guidance,
-given frames) and streams back progress as sampler steps finish (at most one update per
+A call carries one time window of one video (latents, noise levels, a reference to the job's
+text conditioning, guidance, given frames) and streams back progress as sampler steps finish (at most one update per
 ``report_every_s``, since each streamed item is a hop of its own), then the advanced latents;
 or, for long videos, several windows of one step group at once (``advance_batch``: one reply,
 one batched forward pass per step, so the hop is paid once for the lot).
-Nothing stays on the replica between calls, so any replica can take any window of any job at
-any step: long videos spread over all replicas, and a new replica helps in-flight jobs at once.
+Nothing a job needs stays on the replica between calls (the text conditioning is cached by
+content key only to save the transfer), so any replica can take any window of any job at any step: long videos spread over all replicas, and a new replica helps in-flight jobs at once.
 """
 
 from __future__ import annotations
@@ -21,17 +21,22 @@ from ray import serve
 from tessera.models.config import ModelConfig
 from tessera.models.interface import DenoiseWork
 from tessera.models.registry import load_model
-from tessera.serving.stages import DenoiseUpdate, ModelThread
+from tessera.serving.stages import DenoiseUpdate, ModelThread, StepWork, TextCache
 
 
 class DenoiserEngine:
     def __init__(self, model_config: ModelConfig, threads: int | None = None):
         self._thread = ModelThread(threads)
         self.model = load_model(model_config, parts={"denoiser"})
+        self.texts = TextCache()
 
-    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+    async def _resolve(self, work: StepWork) -> DenoiseWork:
+        return work.resolve(*await self.texts.get(work.text))
+
+    async def advance(self, step_work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         """Steps done so far after each sampler step, or after the first step that ends at least
         ``report_every_s`` after the previous update (0: every step); the last update carries the latents."""
+        work = await self._resolve(step_work)
         steps = len(work.sigmas) - 1
         if steps < 1:
             raise ValueError(f"a work item needs at least two noise levels, got {work.sigmas}")
@@ -47,9 +52,10 @@ class DenoiserEngine:
                 reported = time.monotonic()
                 yield DenoiseUpdate(steps_done=index + 1, latents=latents if last else None)
 
-    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
-        if not works:
+    async def advance_batch(self, step_works: list[StepWork]) -> list[torch.Tensor]:
+        if not step_works:
             raise ValueError("advance_batch needs at least one work item")
+        works = [await self._resolve(work) for work in step_works]
         sigmas = works[0].sigmas
         if len(sigmas) < 2 or any(work.sigmas != sigmas for work in works):
             raise ValueError("every window of a batch must share the same noise levels (at least two)")
@@ -70,9 +76,9 @@ class Denoiser:
     def __init__(self, model_config: ModelConfig, threads: int | None = None):
         self.engine = DenoiserEngine(model_config, threads)
 
-    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+    async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         async for update in self.engine.advance(work, report_every_s):
             yield update
 
-    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
         return await self.engine.advance_batch(works)

@@ -1,8 +1,9 @@
 """Gateway: the gRPC ingress deployment (``tessera.v1.VideoGeneration`` behind Ray Serve's proxy).
 
-A thin shim: authenticate, convert messages, call the :class:`JobManager`, and map every
-failure to a gRPC status with a specific message. Ray Serve would report an unhandled
-exception as INTERNAL with a Ray traceback, so nothing escapes these methods unmapped.
+Thin and stateless, so any number of replicas can run: authenticate, convert messages, and
+submit, get, watch, list or cancel jobs through their records in S3 (:class:`JobFront`). It
+runs no job and holds no tensor. Every failure is mapped to a gRPC status with a specific
+message: Ray Serve would report an unhandled exception as INTERNAL with a Ray traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from tessera.serving.api.convert import job_to_proto, progress_to_proto, request
 from tessera.serving.auth import Authenticator
 from tessera.serving.config import TesseraConfig
 from tessera.serving.errors import InvalidRequestError, TesseraError
-from tessera.serving.jobs.manager import JobManager, describe_failure
+from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.records import JobState, is_job_id
-from tessera.serving.stages import ServeStages
+from tessera.serving.jobs.submission import JobFront, NoCapacityError
 from tessera.serving.storage import ObjectStore
 
 logger = logging.getLogger("tessera.gateway")
@@ -29,12 +30,14 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 
 
-def _set_error(grpc_context, error: BaseException) -> None:
+def _set_error(grpc_context, error: Exception) -> None:
     failure = describe_failure(error)
     if not isinstance(error, TesseraError):
         logger.exception("unexpected error in the gateway", exc_info=error)
     grpc_context.set_code(failure.code)
     grpc_context.set_details(failure.message)
+    if isinstance(error, NoCapacityError):
+        grpc_context.set_trailing_metadata([("grpc-retry-pushback-ms", str(error.retry_after_ms))])
 
 
 class _StreamFailed(Exception):
@@ -47,33 +50,36 @@ class _StreamFailed(Exception):
 
 @serve.deployment
 class Gateway:
-    async def __init__(self, config: TesseraConfig, expander, denoiser, decoder):
+    def __init__(self, config: TesseraConfig, job_runner):
         logging.basicConfig(level=logging.INFO)
         self.config = config
         self.store = ObjectStore(config.storage)
         self.auth = Authenticator(config.auth)
         model = load_model(config.model, parts=())  # card and schedule only: no weights here
-        self.manager = JobManager(config, model, ServeStages(expander, denoiser, decoder), self.store)
-        await self.manager.start()
+        attempts = 2 * config.deployments.job_runner.most_replicas + 1
+        self.jobs = JobFront(config, model, self.store, offer=lambda tenant, job_id: job_runner.offer.remote(tenant, job_id),
+                             offer_attempts=attempts)
 
     def _tenant(self, grpc_context) -> str:
         return self.auth.tenant(dict(grpc_context.invocation_metadata()))
 
     async def SubmitJob(self, request: pb.GenerateRequest, grpc_context) -> pb.Job:
         try:
-            record = await self.manager.submit(self._tenant(grpc_context), request_from_proto(request))
+            record = await self.jobs.submit(self._tenant(grpc_context), request_from_proto(request))
             return job_to_proto(record, self.store)
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             return pb.Job()
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context):
+        """Submit, then stream the job's progress. A client that goes away ends only the stream:
+        the job is durable and goes on (GetJob/WatchJob find it)."""
         try:
             tenant = self._tenant(grpc_context)
-            record = await self.manager.submit(tenant, request_from_proto(request))
+            record = await self.jobs.submit(tenant, request_from_proto(request))
             async for event in self._events(tenant, record.job_id, grpc_context):
                 yield event
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             raise _StreamFailed() from None
 
@@ -81,13 +87,13 @@ class Gateway:
         try:
             async for event in self._events(self._tenant(grpc_context), request.job_id, grpc_context):
                 yield event
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             raise _StreamFailed() from None
 
     async def _events(self, tenant: str, job_id: str, grpc_context):
         """Progress events, then the final job; a failed or cancelled job also ends with its status."""
-        async for event in self.manager.watch(tenant, job_id):
+        async for event in self.jobs.watch(tenant, job_id):
             if event.record is None:
                 yield pb.GenerateEvent(job_id=job_id, progress=progress_to_proto(event.progress, self.store))
                 continue
@@ -101,17 +107,17 @@ class Gateway:
 
     async def GetJob(self, request: pb.GetJobRequest, grpc_context) -> pb.Job:
         try:
-            record = await self.manager.get(self._tenant(grpc_context), request.job_id)
+            record = await self.jobs.get(self._tenant(grpc_context), request.job_id)
             return job_to_proto(record, self.store)
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             return pb.Job()
 
     async def CancelJob(self, request: pb.CancelJobRequest, grpc_context) -> pb.Job:
         try:
-            record = await self.manager.cancel(self._tenant(grpc_context), request.job_id)
+            record = await self.jobs.cancel(self._tenant(grpc_context), request.job_id)
             return job_to_proto(record, self.store)
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             return pb.Job()
 
@@ -124,10 +130,10 @@ class Gateway:
                 raise InvalidRequestError("page_token is not one this API returned")
             if request.state not in pb.JobState.values():
                 raise InvalidRequestError(f"unknown job state {request.state}")
-            records, token = await self.manager.list(
+            records, token = await self.jobs.list(
                 tenant, request.page_size or DEFAULT_PAGE_SIZE, request.page_token, state_from_proto(request.state)
             )
             return pb.ListJobsResponse(jobs=[job_to_proto(r, self.store) for r in records], next_page_token=token)
-        except BaseException as error:
+        except Exception as error:
             _set_error(grpc_context, error)
             return pb.ListJobsResponse()

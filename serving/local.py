@@ -1,4 +1,4 @@
-"""Tessera in one process: the same engines, job manager and storage, with no Ray Serve.
+"""Tessera in one process: the same engines, job engine, job records and storage, with no Ray Serve.
 
 For benchmarks of what Serve and gRPC cost (the stage calls are identical, only the hops go)
 and for scripts that render without a cluster. Production always runs the Serve app.
@@ -14,8 +14,9 @@ from tessera.serving.config import TesseraConfig
 from tessera.serving.decoder import DecoderEngine
 from tessera.serving.denoiser import DenoiserEngine
 from tessera.serving.errors import TesseraError
-from tessera.serving.jobs.manager import JobManager
+from tessera.serving.jobs.engine import JobEngine
 from tessera.serving.jobs.records import JobRecord, JobState
+from tessera.serving.jobs.submission import JobFront
 from tessera.serving.jobs.spec import GenerationRequest
 from tessera.serving.prompt_expander import PromptExpanderEngine
 from tessera.serving.stages import LocalStages
@@ -23,7 +24,8 @@ from tessera.serving.storage import ObjectStore
 
 
 class LocalTessera:
-    """A :class:`JobManager` over :class:`LocalStages`; call :meth:`start` inside an event loop."""
+    """A :class:`JobEngine` over :class:`LocalStages` and a :class:`JobFront` to submit to it;
+    call :meth:`start` inside an event loop."""
 
     def __init__(self, config: TesseraConfig):
         d = config.deployments
@@ -34,20 +36,22 @@ class LocalTessera:
             DenoiserEngine(config.model, d.denoiser.threads),
             DecoderEngine(config.model, config.video, d.decoder.threads),
         )
-        self.manager = JobManager(config, load_model(config.model, parts=()), stages, self.store)
+        model = load_model(config.model, parts=())
+        self.engine = JobEngine(config, model, stages, self.store, replica_id="local")
+        self.front = JobFront(config, model, self.store, offer=self.engine.offer, offer_attempts=1)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.ensure_bucket)
-        await self.manager.start()
+        await self.engine.start()
 
     async def stop(self) -> None:
-        await self.manager.stop()
+        await self.engine.stop()
 
     async def render(self, request: GenerationRequest, tenant: str = "local") -> tuple[JobRecord, float]:
         """Submit a job and wait for it; returns the final record and the wall seconds."""
         started = time.monotonic()
-        record = await self.manager.submit(tenant, request)
-        async for event in self.manager.watch(tenant, record.job_id):
+        record = await self.front.submit(tenant, request)
+        async for event in self.front.watch(tenant, record.job_id):
             if event.record is not None:
                 record = event.record
         if record.state != JobState.SUCCEEDED:

@@ -26,34 +26,75 @@ class MediaError(InvalidRequestError):
     """An input that cannot be used: unreadable, of the wrong kind, or too large to decode."""
 
 
+MIN_INPUT_FPS = 0.5
+MAX_INPUT_FPS = 1000.0
+"""Frame rates a video input may declare: outside them the header is broken (or hostile), and
+resampling it to the output rate would make absurd frame counts."""
+
+
+def _unreadable(field: str, error: BaseException) -> MediaError:
+    """The caller-facing error for a file that FFmpeg/PyAV cannot make sense of (any exception)."""
+    if isinstance(error, av.error.FFmpegError):
+        reason = error.strerror or type(error).__name__
+    elif isinstance(error, UnicodeError):
+        reason = "its metadata is not valid UTF-8"
+    else:
+        reason = "a malformed or unsupported file"
+    return MediaError(f"{field} could not be read as an image or video: not a decodable image or video file ({reason})")
+
+
 def probe_media(data: bytes, field: str, *, max_side: int, source: str, sha256: str) -> MediaInfo:
     """What ``data`` holds: an image or a video, its size, frame count and rate.
 
     Frames are counted from the container's packets without decoding them; the first frame is
-    decoded to prove the stream is readable."""
+    decoded to prove the stream is readable. Any file that cannot be probed (truncated, a broken
+    header, no codec, metadata that is not UTF-8, random bytes...) raises :class:`MediaError`:
+    whatever PyAV raises for it, the caller gets INVALID_ARGUMENT, never INTERNAL."""
     if not data:
         raise MediaError(f"{field} is empty")
     try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{field} has no video or image stream (format {container.format.name})")
-            stream = container.streams.video[0]
-            codec = stream.codec_context.name
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if width > max_side or height > max_side:
-                raise MediaError(f"{field} is {width}x{height}; inputs may be at most {max_side} px on a side")
-            packets = sum(1 for packet in container.demux(stream) if packet.size)
-            container.seek(0)
-            first = next(container.decode(video=0), None)
-            if first is None:
-                raise MediaError(f"{field} holds no decodable frame")
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else 0.0
-    except av.error.FFmpegError as error:
-        raise MediaError(f"{field} could not be read as an image or video: {error.strerror or type(error).__name__}") from None
+        return _probe(data, field, max_side=max_side, source=source, sha256=sha256)
+    except MediaError:
+        raise
+    except (MemoryError, RecursionError):
+        raise MediaError(f"{field} could not be read as an image or video: it is too complex to probe") from None
+    except Exception as error:  # noqa: BLE001 - PyAV raises many kinds for malformed files; all are the caller's
+        raise _unreadable(field, error) from None
+
+
+def _probe(data: bytes, field: str, *, max_side: int, source: str, sha256: str) -> MediaInfo:
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="replace") as container:
+        if not container.streams.video:
+            raise MediaError(f"{field} has no video or image stream (format {container.format.name})")
+        stream = container.streams.video[0]
+        codec_context = stream.codec_context
+        if codec_context is None or not codec_context.name:
+            raise MediaError(
+                f"{field} could not be read as an image or video: not a decodable image or video file "
+                f"(its video stream has no known codec)"
+            )
+        codec = codec_context.name
+        width, height = codec_context.width, codec_context.height
+        if width > max_side or height > max_side:
+            raise MediaError(f"{field} is {width}x{height}; inputs may be at most {max_side} px on a side")
+        packets = sum(1 for packet in container.demux(stream) if packet.size)
+        container.seek(0)
+        first = next(container.decode(video=0), None)
+        if first is None:
+            raise MediaError(f"{field} holds no decodable frame")
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+    if first.width <= 0 or first.height <= 0:
+        raise MediaError(f"{field} decodes to an empty {first.width}x{first.height} frame")
+    if first.width > max_side or first.height > max_side:
+        raise MediaError(f"{field} is {first.width}x{first.height}; inputs may be at most {max_side} px on a side")
     still = codec in _STILL_CODECS and packets <= 1
     if not still and fps <= 0:
         raise MediaError(f"{field} is a video without a frame rate")
+    if not still and not MIN_INPUT_FPS <= fps <= MAX_INPUT_FPS:
+        raise MediaError(
+            f"{field} declares {fps:g} fps; video inputs must be {MIN_INPUT_FPS:g} to {MAX_INPUT_FPS:g} fps"
+        )
     return MediaInfo(
         kind="image" if still else "video",
         format=codec,
@@ -83,15 +124,15 @@ def decode_media(data: bytes, indices: list[int] | None = None, size: tuple[int,
         return array if size is None else fit_frames(torch.from_numpy(array)[None], *size)[0].numpy()
 
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="replace") as container:
             for index, frame in enumerate(container.decode(video=0)):
                 count, previous = index + 1, frame
                 if wanted is None or index in wanted:
                     kept[index] = convert(frame)
                 if stop is not None and index >= stop:
                     break
-    except av.error.FFmpegError as error:
-        raise MediaError(f"input could not be decoded: {error.strerror or type(error).__name__}") from None
+    except (av.error.FFmpegError, UnicodeError) as error:  # the file (probed at submit) broke mid-stream
+        raise _unreadable("input", error) from None
     if count == 0:
         raise MediaError("input holds no decodable frame")
     if indices is None:

@@ -13,13 +13,20 @@ Both run the very same engine code (``PromptExpanderEngine``, ``DenoiserEngine``
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import Protocol
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
-from tessera.models.interface import DenoiseWork, TextConditioning
+from tessera.models.interface import DenoiseWork, FrameCondition, TextConditioning
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -35,6 +42,75 @@ class Conditioning:
     negative_text: TextConditioning
     expansion_note: str = ""
     """Why the configured backend fell back to the built-in expander; empty when it did not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedText:
+    """A job's text conditioning (prompt and negative prompt), shipped to the Denoiser by reference.
+
+    Work items carry this instead of the tensors: ``ref`` is a Ray object reference under Serve
+    (the engine puts the tensors in Ray's object store once per job) or the pair itself in
+    process, and ``key`` (a content hash) lets a Denoiser replica keep the tensors it already
+    fetched, so they cross to each replica once per job, not once per step (an open model's
+    text embeddings are megabytes)."""
+
+    key: str
+    ref: Any
+
+    @staticmethod
+    def content_key(text: TextConditioning, negative: TextConditioning | None) -> str:
+        digest = hashlib.sha256()
+        for part in (text, negative):
+            if part is None:
+                digest.update(b"-")
+                continue
+            digest.update(str(tuple(part.tokens.shape)).encode())
+            digest.update(part.tokens.contiguous().numpy().tobytes())
+            digest.update(part.mask.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class StepWork:
+    """One time window to advance, as sent to the Denoiser: :class:`DenoiseWork` with the text
+    conditioning by reference (see :class:`SharedText`)."""
+
+    latents: torch.Tensor  # (C, T, H, W) at noise level sigmas[0]
+    sigmas: tuple[float, ...]
+    text: SharedText
+    guidance_scale: float
+    fps: float
+    frames: FrameCondition | None = None
+    sampler: Literal["euler", "heun"] = "euler"
+
+    def resolve(self, text: TextConditioning, negative: TextConditioning | None) -> DenoiseWork:
+        return DenoiseWork(latents=self.latents, sigmas=self.sigmas, text=text, negative_text=negative,
+                           guidance_scale=self.guidance_scale, fps=self.fps, frames=self.frames, sampler=self.sampler)
+
+
+class TextCache:
+    """A Denoiser replica's recently used text conditionings, by content key (LRU)."""
+
+    def __init__(self, capacity: int = 64):
+        self._entries: collections.OrderedDict[str, tuple[TextConditioning, TextConditioning | None]] = collections.OrderedDict()
+        self.capacity = capacity
+        self.fetches = 0
+        """How many times a conditioning had to be fetched (a miss), for benches and tests."""
+
+    async def get(self, shared: SharedText) -> tuple[TextConditioning, TextConditioning | None]:
+        entry = self._entries.get(shared.key)
+        if entry is None:
+            value = shared.ref
+            if not isinstance(value, tuple):  # a Ray ObjectRef: fetched from the object store once
+                value = await value
+            self.fetches += 1
+            entry = value
+            self._entries[shared.key] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(shared.key)
+        return entry
 
 
 @dataclasses.dataclass
@@ -94,11 +170,15 @@ class Stages(Protocol):
 
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning: ...
 
-    def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+    def share(self, conditioning: Conditioning) -> SharedText:
+        """The conditioning's text tensors made shareable by reference, once per job."""
+        ...
+
+    def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         """One window through all its noise levels, with progress at most every ``report_every_s``."""
         ...
 
-    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
         """Several windows advanced through the same noise levels in one call, as one batch."""
         ...
 
@@ -107,30 +187,79 @@ class Stages(Protocol):
     async def encode(self, request: EncodeRequest) -> torch.Tensor: ...
 
 
-class ServeStages:
-    """Stages behind Ray Serve deployment handles."""
+def _replica_lost(error: BaseException) -> bool:
+    """Whether a stage call failed for want of a replica: it died or went away, or every replica's
+    queue is full for now (``max_queued_requests``). Worth a retry: stage calls are stateless."""
+    import ray.exceptions
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-    def __init__(self, expander, denoiser, decoder):
+    return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                              ray.exceptions.NodeDiedError, ReplicaUnavailableError, DeploymentUnavailableError,
+                              BackPressureError))
+
+
+class ServeStages:
+    """Stages behind Ray Serve deployment handles.
+
+    Stage calls are stateless, so a call whose replica dies is simply made again (Serve routes
+    it to a live replica, or waits for the replacement it starts), and so is one that found every
+    replica's queue full, after a backoff: for up to ``retry_budget_s``."""
+
+    def __init__(self, expander, denoiser, decoder, retry_budget_s: float = 120.0):
         self._expander = expander
         self._denoiser_stream = denoiser.options(stream=True)
         self._denoiser = denoiser
         self._decoder = decoder
+        self.retry_budget_s = retry_budget_s
+        self.retries = 0
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.retry_budget_s
+        backoff = 0.5
+        while True:
+            try:
+                return await call()
+            except Exception as error:
+                if not _replica_lost(error) or time.monotonic() >= deadline:
+                    raise
+                self.retries += 1
+                logger.warning("%s: its replica was lost (%s); retrying", what, type(error).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 4.0)
 
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
-        return await self._expander.condition.remote(prompt, negative_prompt, expand, character)
+        return await self._retrying(
+            "prompt expansion", lambda: self._expander.condition.remote(prompt, negative_prompt, expand, character)
+        )
 
-    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
-        async for update in self._denoiser_stream.advance.remote(work, report_every_s):
-            yield update
+    def share(self, conditioning: Conditioning) -> SharedText:
+        import ray
 
-    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
-        return await self._denoiser.advance_batch.remote(works)
+        pair = (conditioning.text, conditioning.negative_text)
+        return SharedText(SharedText.content_key(*pair), ray.put(pair))
+
+    async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+        deadline = time.monotonic() + self.retry_budget_s
+        while True:
+            try:
+                async for update in self._denoiser_stream.advance.remote(work, report_every_s):
+                    yield update
+                return
+            except Exception as error:  # a lost replica: the window starts over from its input latents
+                if not _replica_lost(error) or time.monotonic() >= deadline:
+                    raise
+                self.retries += 1
+                logger.warning("denoising a window: its replica was lost (%s); retrying", type(error).__name__)
+                await asyncio.sleep(0.5)
+
+    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
+        return await self._retrying("denoising windows", lambda: self._denoiser.advance_batch.remote(works))
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
-        return await self._decoder.decode_tile.remote(request)
+        return await self._retrying(f"decoding tile {request.index}", lambda: self._decoder.decode_tile.remote(request))
 
     async def encode(self, request: EncodeRequest) -> torch.Tensor:
-        return await self._decoder.encode.remote(request)
+        return await self._retrying("encoding an input", lambda: self._decoder.encode.remote(request))
 
 
 class LocalStages:
@@ -144,11 +273,15 @@ class LocalStages:
     async def condition(self, prompt: str, negative_prompt: str, expand: bool, character: str = "") -> Conditioning:
         return await self._expander.condition(prompt, negative_prompt, expand, character)
 
-    async def advance(self, work: DenoiseWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
+    def share(self, conditioning: Conditioning) -> SharedText:
+        pair = (conditioning.text, conditioning.negative_text)
+        return SharedText(SharedText.content_key(*pair), pair)
+
+    async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         async for update in self._denoiser.advance(work, report_every_s):
             yield update
 
-    async def advance_batch(self, works: list[DenoiseWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
         return await self._denoiser.advance_batch(works)
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:

@@ -5,10 +5,18 @@ no flexible checksums) so that AWS S3, MinIO, Ceph and the embedded server all w
 botocore's errors into a few specific exceptions that the gateway maps to gRPC codes:
 
     StorageError                  anything else that went wrong
-    ├── ObjectNotFoundError       the key (or its bucket) does not exist
-    ├── ObjectExistsError         put_bytes(..., if_absent=True) found the key taken
+    ├── ObjectNotFoundError       the key (or its bucket) does not exist; also If-Match on a missing key
+    ├── ConditionFailedError      a conditional write's precondition did not hold (If-Match: 412,
+    │   │                         or 409 ConditionalRequestConflict: a concurrent write won)
+    │   └── ObjectExistsError     a create-only write (If-None-Match: *) found the key taken
     ├── StorageAuthError          403, bad or missing credentials (an operator's problem)
     └── StorageUnavailableError   connection refused, timeouts, 5xx, after the configured retries
+
+    InvalidKeyError (ValueError)  a key or s3:// URI refused before any request is sent
+
+Conditional writes (S3's ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace exactly
+the object one read) are how job records are owned: every write method returns the new ETag, the
+``*_with_etag`` reads return the current one, and ``delete`` and ``copy`` take conditions too.
 
 Thread safety: an :class:`ObjectStore` may be shared by threads (boto3 clients are thread-safe).
 A :class:`MultipartWriter` is not: one writer belongs to one thread at a time.
@@ -20,6 +28,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +52,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 MAX_KEY_BYTES = 1024
+MAX_COPY_OBJECT_SIZE = 5 * 1024 * 1024 * 1024  # S3's limit for a single CopyObject (and each UploadPartCopy)
+MAX_PARTS = 10_000
 
 _AUTH_CODES = {
     "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "RequestTimeTooSkewed",
@@ -49,6 +61,11 @@ _AUTH_CODES = {
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SHOWN_KEY_CHARS = 60
+
+_Condition = Literal["if-none-match", "if-match"]  # which precondition a request carried
 
 
 class StorageError(Exception):
@@ -59,8 +76,26 @@ class ObjectNotFoundError(StorageError):
     """The object (or its bucket) does not exist."""
 
 
-class ObjectExistsError(StorageError):
-    """A create-only write found the key already taken."""
+class ConditionFailedError(StorageError):
+    """A conditional write's precondition did not hold, and nothing was written.
+
+    Raised when the object under the key is not the one named by ``if_match`` (S3 answers 412
+    PreconditionFailed), and when S3 reports a concurrent write to the same key that won the race
+    (409 ConditionalRequestConflict; for a multipart upload: the key was written after the upload
+    started). The caller re-reads the object and decides again.
+
+    A write whose response was lost and that botocore then retried may report this although the
+    first attempt did write: a lease holder that gets it must treat the lease as lost (the safe
+    reading), never as held."""
+
+
+class ObjectExistsError(ConditionFailedError):
+    """A create-only write (``if_absent``, ``If-None-Match: *``) found the key already taken."""
+
+
+class InvalidKeyError(ValueError):
+    """An object key or ``s3://`` URI that Tessera refuses before any request is sent (see
+    :func:`check_key`). The message says what is wrong and shows at most the first 60 characters."""
 
 
 class StorageAuthError(StorageError):
@@ -132,11 +167,73 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _check_key(key: str) -> None:
+def _shown(text: str) -> str:
+    """``text`` for an error message: repr'd (control characters escaped) and cut to 60 characters,
+    saying the whole length when cut, so that unbounded input is never echoed."""
+    if len(text) <= _SHOWN_KEY_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_KEY_CHARS]!r}... ({len(text)} characters)"
+
+
+def check_key(key: str) -> None:
+    """Raise :class:`InvalidKeyError` unless ``key`` is an object key Tessera accepts.
+
+    S3 itself takes almost any string, but stores that map keys to paths (MinIO, the embedded
+    server, file gateways) normalise them, so that ``a/../b`` or ``a//b`` may name another key than
+    the one a prefix check looked at. Refused: an empty key, more than 1024 UTF-8 bytes (S3's
+    limit), a ``.`` or ``..`` segment, an empty segment (a leading ``/``, ``a//b``, a trailing
+    ``/``), and control characters (U+0000-U+001F, U+007F-U+009F, NUL included). Call it on
+    caller-given keys and ``s3://`` URIs before any request is sent; every ObjectStore method
+    that takes a key calls it too."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"an object key must be a string, got {type(key).__name__}")
     if not key:
-        raise ValueError("object key must not be empty")
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise ValueError(f"object key is longer than {MAX_KEY_BYTES} bytes (UTF-8): {key[:60]!r}...")
+        raise InvalidKeyError("object key must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"object key is not valid Unicode (a lone surrogate): {_shown(key)}") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(
+            f"object key is {size} bytes long, more than {MAX_KEY_BYTES} bytes (UTF-8): {_shown(key)}"
+        )
+    if control := _CONTROL_CHARACTER.search(key):
+        raise InvalidKeyError(
+            f"object key has a control character (U+{ord(control.group()):04X}) at position {control.start()}: "
+            f"{_shown(key)}"
+        )
+    segments = key.split("/")
+    if segments[0] == "":
+        raise InvalidKeyError(f"object key must not start with '/': {_shown(key)}")
+    if "" in segments:
+        where = "end with '/'" if segments[-1] == "" and "" not in segments[:-1] else "contain an empty segment ('//')"
+        raise InvalidKeyError(f"object key must not {where}: {_shown(key)}")
+    if dots := next((segment for segment in segments if segment in (".", "..")), None):
+        raise InvalidKeyError(f"object key must not have a {dots!r} segment: {_shown(key)}")
+
+
+def _unquoted(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _quoted(etag: str) -> str:
+    """An ETag as HTTP spells it (in quotes); S3 compares ETags with or without them."""
+    return f'"{_unquoted(etag)}"'
+
+
+def _condition_headers(if_absent: bool, if_match: str | None) -> tuple[dict[str, str], _Condition | None]:
+    """The boto3 parameters and kind of a write condition; ValueError for ones S3 refuses (501)."""
+    if if_absent and if_match is not None:
+        raise ValueError("give if_absent or if_match, not both (S3 refuses a write with both conditions)")
+    if if_match is not None:
+        if not isinstance(if_match, str) or not _unquoted(if_match).strip():
+            raise ValueError(f"if_match must be an ETag, got {if_match!r}")
+        if _unquoted(if_match) == "*":
+            raise ValueError("if_match must be an ETag: S3 does not accept If-Match: * on writes")
+        return {"IfMatch": _quoted(if_match)}, "if-match"
+    if if_absent:
+        return {"IfNoneMatch": "*"}, "if-none-match"
+    return {}, None
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -147,8 +244,9 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return checked
 
 
-def _translate(error: Exception, action: str, where: str) -> StorageError:
-    """The Tessera exception for a botocore one; `action` and `where` make the message."""
+def _translate(error: Exception, action: str, where: str, condition: _Condition | None = None) -> StorageError:
+    """The Tessera exception for a botocore one; `action` and `where` make the message. `condition`
+    is the precondition the request carried, which tells what a 412 means."""
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         code = str(info.get("Code", ""))
@@ -159,7 +257,11 @@ def _translate(error: Exception, action: str, where: str) -> StorageError:
         if code in _NOT_FOUND_CODES or status == 404:
             return ObjectNotFoundError(message)
         if code == "PreconditionFailed" or status == 412:
-            return ObjectExistsError(message)
+            if condition == "if-none-match" or (condition is None and info.get("Condition") == "If-None-Match"):
+                return ObjectExistsError(message)
+            return ConditionFailedError(message)
+        if code == "ConditionalRequestConflict":
+            return ConditionFailedError(f"{message} (a concurrent write to the key won; re-read and retry)")
         if code in _AUTH_CODES or status == 403:
             return StorageAuthError(message)
         if code in _UNAVAILABLE_CODES or status >= 500:
@@ -213,28 +315,37 @@ class ObjectStore:
         return f"ObjectStore(endpoint={self.config.endpoint_url or 'aws'}, bucket={self.bucket})"
 
     @contextlib.contextmanager
-    def _errors(self, action: str, key: str | None = None) -> Iterator[None]:
+    def _errors(self, action: str, key: str | None = None, condition: _Condition | None = None) -> Iterator[None]:
         where = f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
         try:
             yield
         except (ClientError, BotoCoreError) as error:
-            raise _translate(error, action, where) from error
+            raise _translate(error, action, where, condition) from error
 
     # --- names -----------------------------------------------------------------------------
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key`` of a key in this store."""
-        _check_key(key)
+        check_key(key)
         return f"s3://{self.bucket}/{key}"
 
     @staticmethod
     def parse_uri(uri: str) -> tuple[str, str]:
-        """``("bucket", "key")`` of ``s3://bucket/key``."""
+        """``("bucket", "key")`` of ``s3://bucket/key``.
+
+        Raises InvalidKeyError (a ValueError) for anything else: not a string, another scheme, no
+        bucket or no key, a bucket name S3 would refuse, a key :func:`check_key` refuses. Messages
+        show at most 60 characters of the URI."""
+        if not isinstance(uri, str):
+            raise InvalidKeyError(f"an s3:// URI must be a string, got {type(uri).__name__}")
         if not uri.startswith("s3://"):
-            raise ValueError(f"not an s3:// URI: {uri!r}")
+            raise InvalidKeyError(f"not an s3:// URI: {_shown(uri)}")
         bucket, _, key = uri[len("s3://") :].partition("/")
         if not bucket or not key:
-            raise ValueError(f"an s3:// URI needs a bucket and a key: {uri!r}")
+            raise InvalidKeyError(f"an s3:// URI needs a bucket and a key (s3://bucket/key): {_shown(uri)}")
+        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+            raise InvalidKeyError(f"not a valid bucket name in s3:// URI: {_shown(bucket)}")
+        check_key(key)
         return bucket, key
 
     # --- whole objects -----------------------------------------------------------------------
@@ -265,50 +376,75 @@ class ObjectStore:
         metadata: Mapping[str, str] | None = None,
         *,
         if_absent: bool = False,
-    ) -> None:
-        """Store ``data`` under ``key``, replacing any object there.
+        if_match: str | None = None,
+    ) -> str:
+        """Store ``data`` under ``key``, replacing any object there; returns the new ETag (unquoted,
+        as :attr:`ObjectInfo.etag`).
 
-        With ``if_absent`` the write succeeds only if the key is free (``If-None-Match: *``,
-        supported by AWS S3, MinIO and the embedded server) and raises ObjectExistsError otherwise.
-        """
-        _check_key(key)
-        extra = {"IfNoneMatch": "*"} if if_absent else {}
-        with self._errors("put", key):
-            self._client.put_object(
+        Conditional writes (AWS S3, MinIO, the embedded server), evaluated by the store when the
+        write commits, so two racing writers cannot both pass:
+
+        - ``if_absent``: only if the key is free (``If-None-Match: *``); ObjectExistsError otherwise.
+        - ``if_match=etag`` (quoted or not): only if the key holds the object with that ETag
+          (``If-Match``); ConditionFailedError if it holds another, ObjectNotFoundError if none.
+
+        Not both at once (ValueError: S3 refuses that)."""
+        check_key(key)
+        extra, condition = _condition_headers(if_absent, if_match)
+        with self._errors("put", key, condition):
+            response = self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=bytes(data), ContentType=content_type,
                 Metadata=_check_metadata(metadata), **extra,
             )
+        return _unquoted(response["ETag"])
 
-    def put_json(self, key: str, value: Any, metadata: Mapping[str, str] | None = None, *, if_absent: bool = False) -> None:
-        """Store ``value`` as UTF-8 JSON."""
+    def put_json(
+        self,
+        key: str,
+        value: Any,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        """Store ``value`` as UTF-8 JSON; conditions and result as :meth:`put_bytes`."""
         data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        self.put_bytes(key, data, "application/json", metadata, if_absent=if_absent)
+        return self.put_bytes(key, data, "application/json", metadata, if_absent=if_absent, if_match=if_match)
 
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; ObjectNotFoundError if there is none."""
-        _check_key(key)
+        return self.get_bytes_with_etag(key)[0]
+
+    def get_bytes_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (unquoted), read in one request: the ETag is the one of
+        these bytes, ready for a later ``if_match`` write. ObjectNotFoundError if there is none."""
+        check_key(key)
         with self._errors("get", key):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             with contextlib.closing(response["Body"]) as body:
-                return body.read()
+                return body.read(), _unquoted(response["ETag"])
 
     def get_json(self, key: str) -> Any:
         """The object parsed as JSON."""
-        data = self.get_bytes(key)
+        return self.get_json_with_etag(key)[0]
+
+    def get_json_with_etag(self, key: str) -> tuple[Any, str]:
+        """The object parsed as JSON, and its ETag (see :meth:`get_bytes_with_etag`)."""
+        data, etag = self.get_bytes_with_etag(key)
         try:
-            return json.loads(data)
+            return json.loads(data), etag
         except ValueError as error:
             raise StorageError(f"s3://{self.bucket}/{key} is not valid JSON: {error}") from error
 
     def head(self, key: str) -> ObjectInfo:
         """Size, ETag, type and user metadata of an object; ObjectNotFoundError if there is none."""
-        _check_key(key)
+        check_key(key)
         with self._errors("head", key):
             response = self._client.head_object(Bucket=self.bucket, Key=key)
         return ObjectInfo(
             key=key,
             size=response["ContentLength"],
-            etag=response["ETag"].strip('"'),
+            etag=_unquoted(response["ETag"]),
             content_type=response.get("ContentType", ""),
             last_modified=response["LastModified"],
             metadata=dict(response.get("Metadata", {})),
@@ -321,11 +457,87 @@ class ObjectStore:
             return False
         return True
 
-    def delete(self, key: str) -> None:
-        """Remove the object; removing a missing key is not an error (as in S3)."""
-        _check_key(key)
-        with self._errors("delete", key):
-            self._client.delete_object(Bucket=self.bucket, Key=key)
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        """Remove the object; removing a missing key is not an error (as in S3).
+
+        With ``if_match`` (an ETag, quoted or not, or ``"*"`` for any object) the delete is
+        conditional, as S3's conditional deletes are: it removes the object only if the key holds
+        that one, else raises ConditionFailedError, and a missing key raises ObjectNotFoundError
+        (S3 answers 404 there, not 204)."""
+        check_key(key)
+        extra: dict[str, str] = {}
+        if if_match is not None:
+            if not isinstance(if_match, str) or not _unquoted(if_match).strip():
+                raise ValueError(f"if_match must be an ETag or '*', got {if_match!r}")
+            extra["IfMatch"] = "*" if _unquoted(if_match) == "*" else _quoted(if_match)
+        with self._errors("delete", key, "if-match" if extra else None):
+            self._client.delete_object(Bucket=self.bucket, Key=key, **extra)
+
+    def copy(self, source_key: str, dest_key: str, *, if_absent: bool = False, if_match: str | None = None) -> str:
+        """Copy an object to another key of this bucket inside the store (no bytes pass through
+        here); returns the new object's ETag. Content type and user metadata come along.
+
+        Up to 5 GiB (:data:`MAX_COPY_OBJECT_SIZE`) this is one CopyObject, atomic like a PUT. A
+        larger source is copied as a multipart upload of UploadPartCopy ranges, each conditional
+        on the source's ETag (a source replaced meanwhile fails the copy with StorageError), that
+        appears whole or not at all and is aborted on any failure; its ETag is then a multipart
+        one ("...-N") and only the content type and user metadata are carried over.
+
+        Destination conditions as :meth:`put_bytes` (``if_absent``: ObjectExistsError,
+        ``if_match``: ConditionFailedError, or ObjectNotFoundError for a missing destination). A
+        missing source raises ObjectNotFoundError. Copying a key onto itself is refused by S3
+        unless something changes, so it raises StorageError."""
+        check_key(source_key)
+        check_key(dest_key)
+        extra, condition = _condition_headers(if_absent, if_match)
+        source = self.head(source_key)
+        if source.size > MAX_COPY_OBJECT_SIZE:
+            return self._copy_in_parts(source, dest_key, extra, condition)
+        with self._errors(f"copy s3://{self.bucket}/{source_key} to", dest_key, condition):
+            response = self._client.copy_object(
+                Bucket=self.bucket, Key=dest_key, CopySource={"Bucket": self.bucket, "Key": source_key}, **extra,
+            )
+        return _unquoted(response["CopyObjectResult"]["ETag"])
+
+    def _copy_in_parts(
+        self, source: ObjectInfo, dest_key: str, extra: dict[str, str], condition: _Condition | None
+    ) -> str:
+        """Multipart copy of an object too large for CopyObject (see :meth:`copy`)."""
+        part_size = max(self.config.multipart_part_size, math.ceil(source.size / MAX_PARTS))
+        if part_size > MAX_PART_SIZE:
+            raise StorageError(f"s3://{self.bucket}/{source.key} is too large to copy ({source.size} bytes)")
+        what = f"copy s3://{self.bucket}/{source.key} to"
+        with self._errors(f"{what} (start)", dest_key):
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=dest_key, ContentType=source.content_type or "application/octet-stream",
+                Metadata=source.metadata,
+            )["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, source.size, part_size), start=1):
+                end = min(start + part_size, source.size) - 1
+                try:
+                    with self._errors(f"{what} (part {number})", dest_key):
+                        response = self._client.upload_part_copy(
+                            Bucket=self.bucket, Key=dest_key, UploadId=upload_id, PartNumber=number,
+                            CopySource={"Bucket": self.bucket, "Key": source.key},
+                            CopySourceRange=f"bytes={start}-{end}", CopySourceIfMatch=_quoted(source.etag),
+                        )
+                except ConditionFailedError as error:  # the source's ETag moved on
+                    raise StorageError(f"{error} (s3://{self.bucket}/{source.key} changed during the copy)") from error
+                parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            with self._errors(f"{what} (complete)", dest_key, condition):
+                response = self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=dest_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **extra,
+                )
+        except BaseException:
+            try:
+                with self._errors("abort multipart copy to", dest_key):
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=dest_key, UploadId=upload_id)
+            except StorageError as abort_error:  # the original error matters more
+                logger.warning("could not abort the multipart copy to %s: %s", dest_key, abort_error)
+            raise
+        return _unquoted(response["ETag"])
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -364,7 +576,7 @@ class ObjectStore:
         """An HTTP(S) URL that GETs the object without credentials until it expires.
 
         Signing is local: the URL is made even if the object does not exist (the GET then 404s)."""
-        _check_key(key)
+        check_key(key)
         expiry = self.config.presign_expiry_s if expiry_s is None else expiry_s
         if not 1 <= expiry <= MAX_PRESIGN_EXPIRY_S:
             raise ValueError(f"expiry_s must be 1..{MAX_PRESIGN_EXPIRY_S}, got {expiry}")
@@ -376,11 +588,47 @@ class ObjectStore:
     # --- streaming writes ----------------------------------------------------------------------
 
     def open_multipart(
-        self, key: str, content_type: str = "application/octet-stream", metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
     ) -> MultipartWriter:
-        """A writer that streams an object of unknown size to ``key`` in parts; see MultipartWriter."""
-        _check_key(key)
-        return MultipartWriter(self, key, content_type, _check_metadata(metadata))
+        """A writer that streams an object of unknown size to ``key`` in parts; see MultipartWriter.
+
+        ``if_absent`` / ``if_match`` make the final write conditional, as in :meth:`put_bytes`: S3
+        evaluates them when the upload completes (``close()``)."""
+        check_key(key)
+        _condition_headers(if_absent, if_match)  # refuse bad conditions now, not at close()
+        return MultipartWriter(
+            self, key, content_type, _check_metadata(metadata), if_absent=if_absent, if_match=if_match
+        )
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort every unfinished multipart upload whose key starts with ``prefix`` (what a writer
+        killed before close() or abort() leaves behind); returns how many were aborted."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        aborted = 0
+        while True:
+            with self._errors("list multipart uploads", prefix + "*"):
+                response = self._client.list_multipart_uploads(**request)
+            for upload in response.get("Uploads", []):
+                with self._errors("abort multipart upload of", upload["Key"]):
+                    try:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                    except ClientError as error:
+                        if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                            raise
+                        continue  # completed or aborted meanwhile
+                aborted += 1
+            if not response.get("IsTruncated"):
+                return aborted
+            request["KeyMarker"] = response.get("NextKeyMarker", "")
+            request["UploadIdMarker"] = response.get("NextUploadIdMarker", "")
 
 
 class MultipartWriter:
@@ -392,14 +640,32 @@ class MultipartWriter:
     discards everything. As a context manager it closes on success and aborts on an exception.
     Any failure inside write() or close() aborts the multipart upload before raising, so no
     orphaned upload (and no partial object) is ever left behind. Not thread-safe.
+
+    A condition given to :meth:`ObjectStore.open_multipart` (``if_absent`` / ``if_match``) applies
+    to the final write: when it does not hold, close() aborts the upload and raises
+    ObjectExistsError / ConditionFailedError (or ObjectNotFoundError for ``if_match`` on a missing
+    key); S3 also refuses (ConditionFailedError) an ``if_match`` completion when the key was written
+    after the first part went up, even back to the same ETag.
     """
 
-    def __init__(self, store: ObjectStore, key: str, content_type: str, metadata: dict[str, str]):
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        content_type: str,
+        metadata: dict[str, str],
+        *,
+        if_absent: bool = False,
+        if_match: str | None = None,
+    ):
         self._store = store
         self._client = store._client
         self.key = key
         self._content_type = content_type
         self._metadata = metadata
+        self._if_absent = if_absent
+        self._if_match = if_match
+        self.etag: str | None = None  # the new object's ETag once closed
         self._part_size = store.config.multipart_part_size
         self._buffer = bytearray()
         self._upload_id: str | None = None
@@ -440,25 +706,34 @@ class MultipartWriter:
         self.bytes_written += size
         return size
 
-    def close(self) -> None:
-        """Upload what is buffered and make the object appear. Closing twice is a no-op."""
+    def close(self) -> str:
+        """Upload what is buffered and make the object appear; returns its ETag (unquoted).
+        Closing twice is a no-op (the same ETag again)."""
         if self._state == "closed":
-            return
+            assert self.etag is not None
+            return self.etag
         if self._state == "aborted":
             raise ValueError(f"close of an aborted MultipartWriter for {self.key!r}")
         with self._aborting_on_error():
             if self._upload_id is None:
-                self._store.put_bytes(self.key, bytes(self._buffer), self._content_type, self._metadata)
+                etag = self._store.put_bytes(
+                    self.key, bytes(self._buffer), self._content_type, self._metadata,
+                    if_absent=self._if_absent, if_match=self._if_match,
+                )
             else:
                 if self._buffer:
                     self._upload_part()
-                with self._store._errors("complete multipart upload of", self.key):
-                    self._client.complete_multipart_upload(
+                extra, condition = _condition_headers(self._if_absent, self._if_match)
+                with self._store._errors("complete multipart upload of", self.key, condition):
+                    response = self._client.complete_multipart_upload(
                         Bucket=self._store.bucket, Key=self.key, UploadId=self._upload_id,
-                        MultipartUpload={"Parts": self._parts},
+                        MultipartUpload={"Parts": self._parts}, **extra,
                     )
+                etag = _unquoted(response["ETag"])
         self._buffer = bytearray()
         self._state = "closed"
+        self.etag = etag
+        return etag
 
     def abort(self) -> None:
         """Discard the upload; nothing appears under the key. Safe to call more than once."""

@@ -33,3 +33,26 @@ def ffprobe(path: str | Path) -> dict:
         "format": data["format"]["format_name"],
         "duration": float(data["format"]["duration"]),
     }
+
+
+def replica_pids(deployment: str, app: str = "tessera") -> list[int]:
+    """Pids of the live Serve replicas of ``deployment`` (Ray titles their processes
+    ``ray::ServeReplica:<app>:<deployment>``)."""
+    title = f"ServeReplica:{app}:{deployment}"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
+        except OSError:
+            continue
+        if title in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def owner_pid(owner: str) -> int:
+    """The pid in a lease owner's name (``<replica>@<host>:<pid>``)."""
+    return int(owner.rsplit(":", 1)[1])

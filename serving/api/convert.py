@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
 
 from tessera.serving.api import tessera_pb2 as pb
+from tessera.serving.errors import InvalidRequestError, validation_message
 from tessera.serving.jobs.records import JobRecord, JobState, Progress, Stage
 from tessera.serving.jobs.spec import GenerationRequest, MediaInput, Mode, ShotRequest, ShotTransition
 from tessera.serving.storage import ObjectStore
@@ -22,41 +24,64 @@ def _media_from_proto(message: pb.GenerateRequest, name: str) -> MediaInput | No
     return MediaInput(uri=media.uri, data=media.data if media.data else None)
 
 
+MAX_WIRE_SHOTS = 1024
+"""Most shots converted at all; the deployment's own limit (``limits.max_shots``) is checked in
+validation. This only keeps a message packed with millions of empty shots from costing seconds."""
+
+_TRANSITIONS = {
+    pb.SHOT_TRANSITION_UNSPECIFIED: ShotTransition.CUT,
+    pb.CUT: ShotTransition.CUT,
+    pb.BLEND: ShotTransition.BLEND,
+}
+
+
+def _transition(index: int, value: int) -> ShotTransition:
+    try:
+        return _TRANSITIONS[value]
+    except KeyError:  # proto3 enums are open: an unknown number arrives as itself
+        raise InvalidRequestError(f"shots[{index}].transition {value} is not a known value (CUT=1 or BLEND=2)") from None
+
+
 def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
-    """proto3 scalars have no 'unset': zero means 'use the default' except where the field is optional."""
-    return GenerationRequest(
-        aspect_ratio=message.aspect_ratio,
-        short_side=message.short_side or None,
-        image=message.image,
-        image_is_last_frame=message.image_is_last_frame,
-        extend_seconds=message.extend_seconds or None,
-        backward=message.backward,
-        strength=message.strength if message.HasField("strength") else None,
-        transition_seconds=message.transition_seconds or None,
-        loop=message.loop,
-        shots=tuple(
-            ShotRequest(
-                prompt=shot.prompt, duration_s=shot.duration_s,
-                transition=ShotTransition.BLEND if shot.transition == pb.BLEND else ShotTransition.CUT,
-            )
-            for shot in message.shots
-        ),
-        character=message.character,
-        **{name: _media_from_proto(message, name) for name in _MEDIA_FIELDS},
-        prompt=message.prompt,
-        negative_prompt=message.negative_prompt,
-        duration_s=message.duration_s or None,
-        num_frames=message.num_frames or None,
-        width=message.width or None,
-        height=message.height or None,
-        fps=message.fps or None,
-        seed=message.seed if message.HasField("seed") else None,
-        steps=message.steps or None,
-        guidance_scale=message.guidance_scale if message.HasField("guidance_scale") else None,
-        idempotency_key=message.idempotency_key,
-        priority=message.priority,
-        skip_prompt_expansion=message.skip_prompt_expansion,
-    )
+    """proto3 scalars have no 'unset': zero means 'use the default' except where the field is optional.
+
+    Raises :class:`InvalidRequestError` (never a pydantic ValidationError) for what cannot be
+    represented: unknown enum values, absurdly many shots. Ranges are checked by validation."""
+    if len(message.shots) > MAX_WIRE_SHOTS:
+        raise InvalidRequestError(f"{len(message.shots)} shots is more than this API accepts ({MAX_WIRE_SHOTS})")
+    try:
+        return GenerationRequest(
+            aspect_ratio=message.aspect_ratio,
+            short_side=message.short_side or None,
+            image=message.image,
+            image_is_last_frame=message.image_is_last_frame,
+            extend_seconds=message.extend_seconds or None,
+            backward=message.backward,
+            strength=message.strength if message.HasField("strength") else None,
+            transition_seconds=message.transition_seconds or None,
+            loop=message.loop,
+            shots=tuple(
+                ShotRequest(prompt=shot.prompt, duration_s=shot.duration_s, transition=_transition(index, shot.transition))
+                for index, shot in enumerate(message.shots)
+            ),
+            character=message.character,
+            **{name: _media_from_proto(message, name) for name in _MEDIA_FIELDS},
+            prompt=message.prompt,
+            negative_prompt=message.negative_prompt,
+            duration_s=message.duration_s or None,
+            num_frames=message.num_frames or None,
+            width=message.width or None,
+            height=message.height or None,
+            fps=message.fps or None,
+            seed=message.seed if message.HasField("seed") else None,
+            steps=message.steps or None,
+            guidance_scale=message.guidance_scale if message.HasField("guidance_scale") else None,
+            idempotency_key=message.idempotency_key,
+            priority=message.priority,
+            skip_prompt_expansion=message.skip_prompt_expansion,
+        )
+    except ValidationError as error:
+        raise InvalidRequestError(validation_message(error, "the request")) from None
 
 
 def request_to_proto(request: GenerationRequest) -> pb.GenerateRequest:

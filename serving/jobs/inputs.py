@@ -19,11 +19,20 @@ from tessera.serving.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    describe_value,
 )
 from tessera.serving.jobs.records import PREFIX
 from tessera.serving.jobs.spec import GenerationRequest, MediaInfo
 from tessera.serving.media import probe_media
-from tessera.serving.storage import ObjectNotFoundError, ObjectStore
+from tessera.serving.storage import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectStore,
+    StorageAuthError,
+    StorageError,
+    StorageUnavailableError,
+    check_key,
+)
 
 
 def input_prefix(tenant: str, job_id: str) -> str:
@@ -37,6 +46,35 @@ def read_input(store: ObjectStore, tenant: str, job_id: str, name: str) -> bytes
         return store.get_bytes(input_prefix(tenant, job_id) + name)
     except ObjectNotFoundError:
         raise NotFoundError(f"the stored copy of input {name} of job {job_id} is gone") from None
+
+
+def input_key(name: str, uri: str, *, bucket: str, tenant: str, shared_prefixes: tuple[str, ...] = ()) -> str:
+    """The object key of a caller's ``s3://`` input, checked before any request reaches S3.
+
+    The URI must name this deployment's bucket and a well-formed key (``check_key``: no empty,
+    ``.`` or ``..`` segments, no NUL or control characters, at most 1024 UTF-8 bytes), so the
+    tenant check below sees the key S3 will serve: ``bob/../alice/x`` never passes as ``bob/``'s.
+    Raises InvalidRequestError for a malformed URI, PermissionDeniedError outside the tenant."""
+    shown = describe_value(uri)
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InvalidRequestError(f"{name}.uri {shown} is not an s3:// URI (s3://bucket/key)")
+    try:
+        uri_bucket, key = ObjectStore.parse_uri(uri)
+        check_key(key)
+    except InvalidKeyError as error:
+        reason = (str(error).strip().splitlines() or ["malformed key"])[0][:200]  # it quotes the URI, cut short
+        raise InvalidRequestError(f"{name}.uri is not a valid s3:// URI: {reason}") from None
+    except ValueError:
+        raise InvalidRequestError(f"{name}.uri {shown} is not a valid s3:// URI: it needs a bucket and a key (s3://bucket/key)") from None
+    if uri_bucket != bucket:
+        raise InvalidRequestError(
+            f"{name}.uri {shown}: inputs are read from this deployment's bucket, {describe_value(bucket)}"
+        )
+    if not key.startswith(f"{tenant}/") and not any(key.startswith(prefix) for prefix in shared_prefixes):
+        raise PermissionDeniedError(
+            f"{name}.uri {shown} is outside this tenant's prefix {tenant}/ (and no shared input prefix holds it)"
+        )
+    return key
 
 
 def delete_inputs(store: ObjectStore, tenant: str, job_id: str) -> None:
@@ -82,24 +120,20 @@ class InputCollector:
         return collected
 
     def _read_uri(self, tenant: str, name: str, uri: str) -> bytes:
-        try:
-            bucket, key = ObjectStore.parse_uri(uri)
-        except ValueError as error:
-            raise InvalidRequestError(f"{name}.uri: {error}") from None
-        if bucket != self.store.bucket:
-            raise InvalidRequestError(f"{name}.uri {uri}: inputs are read from this deployment's bucket, {self.store.bucket!r}")
-        shared = [p for p in self.limits.shared_input_prefixes if key.startswith(p)]
-        if not key.startswith(f"{tenant}/") and not shared:
-            raise PermissionDeniedError(
-                f"{name}.uri {uri} is outside this tenant's prefix {tenant}/ (and no shared input prefix holds it)"
-            )
+        key = input_key(name, uri, bucket=self.store.bucket, tenant=tenant, shared_prefixes=self.limits.shared_input_prefixes)
+        shown = describe_value(uri)
         try:
             size = self.store.head(key).size
             if size > self.limits.max_input_bytes:
-                raise ResourceExhaustedError(f"{name}.uri {uri} is {size} bytes; inputs may be at most {self.limits.max_input_bytes} bytes")
+                raise ResourceExhaustedError(f"{name}.uri {shown} is {size} bytes; inputs may be at most {self.limits.max_input_bytes} bytes")
             return self.store.get_bytes(key)
         except ObjectNotFoundError:
-            raise NotFoundError(f"{name}.uri {uri}: no such object") from None
+            raise NotFoundError(f"{name}.uri {shown}: no such object") from None
+        except (StorageUnavailableError, StorageAuthError):
+            raise  # the store's fault, not the caller's: UNAVAILABLE at the gateway
+        except StorageError:
+            # Any other 4xx (400 InvalidArgument, KeyTooLong...): the store refused this key.
+            raise InvalidRequestError(f"{name}.uri {shown}: the object store refused this key") from None
 
     def save(self, tenant: str, job_id: str, collected: dict[str, CollectedInput]) -> None:
         for item in collected.values():

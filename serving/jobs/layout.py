@@ -33,10 +33,9 @@ frame once more in front, and that extra latent is dropped).
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from tessera.models.interface import LatentGeometry
-from tessera.serving.jobs.planner import DecodeTile, RenderPlan, TilingOptions, Window, plan_render, plan_windows
+from tessera.models.interface import LatentGeometry, TimeGrid
+from tessera.serving.jobs.planner import DecodeTile, RenderPlan, TilingOptions, Window, fused_windows, plan_render, plan_windows
 from tessera.serving.jobs.spec import Mode, RenderSpec, ShotTransition
 
 GOLDEN = 0.6180339887
@@ -115,6 +114,7 @@ class JobPlan:
         windows = self.render.windows
         boundaries = {w.start for w in windows[1:]} | {w.stop for w in windows[:-1]}
         boundaries |= {t.start - self.loop_context for t in self.render.decode_tiles[1:]}
+        # The circle has no lone first frame: its group k starts at pixel frame f*k.
         pairs = {temporal_factor * k - 1 for k in boundaries} | {self.render.num_frames - 1}
         return sorted(pairs)
 
@@ -127,12 +127,10 @@ class JobPlan:
 
     def summary(self, temporal_factor: int) -> dict:
         """Mode facts for the manifest: given latent ranges and the output frames they cover."""
-
-        def pixel(latent: int) -> int:
-            return 0 if latent == 0 else 1 + temporal_factor * (latent - 1)
+        grid = TimeGrid(temporal_factor)
 
         def pixel_range(p: Placement) -> list[int]:
-            return [min(pixel(p.latent_start), self.render.num_frames), min(pixel(p.latent_stop), self.render.num_frames)]
+            return [min(frame, self.render.num_frames) for frame in grid.pixel_range(p.latent_start, p.latent_stop)]
 
         return {
             "given": [
@@ -158,42 +156,19 @@ def edit_schedule(sigmas: list[float], strength: float) -> list[float]:
     return [strength] + [sigma for sigma in sigmas if sigma < strength]
 
 
-def _latents(frames: int, factor: int) -> int:
-    return 1 + math.ceil((frames - 1) / factor)
-
-
 def segment_windows(segments: list[tuple[int, int]], window: int, min_overlap: int) -> tuple[tuple[Window, ...], tuple[int, ...]]:
     """Windows over each segment ``[start, stop)`` (spread like :func:`plan_windows`), with fusion
     weights over all of them, and the segment each window belongs to.
 
     Weights ramp across a window's overlap with the previous and next window (whichever
     segment they belong to) and are normalised to sum to one per frame, so segments that
-    overlap blend there and segments that only touch stay apart."""
+    overlap blend there and segments that only touch stay apart (:func:`fused_windows`)."""
     spans: list[tuple[int, int, int]] = []
     for owner, (start, stop) in enumerate(segments):
         for w in plan_windows(stop - start, window, min_overlap):
             spans.append((start + w.start, start + w.stop, owner))
     spans.sort()
-    total = max(stop for _, stop, _ in spans)
-    raw = []
-    for i, (start, stop, _) in enumerate(spans):
-        lead = max(0, spans[i - 1][1] - start) if i > 0 else 0
-        trail = max(0, stop - spans[i + 1][0]) if i + 1 < len(spans) else 0
-        length = stop - start
-        raw.append([
-            min(1.0, (j + 1) / (lead + 1) if lead else 1.0, (length - j) / (trail + 1) if trail else 1.0)
-            for j in range(length)
-        ])
-    totals = [0.0] * total
-    for (start, _, _), weights in zip(spans, raw):
-        for j, w in enumerate(weights):
-            totals[start + j] += w
-    if any(t <= 0 for t in totals):
-        raise ValueError(f"segments {segments} leave latent frames uncovered")
-    windows = tuple(
-        Window(i, start, stop, tuple(w / totals[start + j] for j, w in enumerate(weights)))
-        for i, ((start, stop, _), weights) in enumerate(zip(spans, raw))
-    )
+    windows = fused_windows([(start, stop) for start, stop, _ in spans])
     return windows, tuple(owner for _, _, owner in spans)
 
 
@@ -203,7 +178,8 @@ def _with_windows(plan: RenderPlan, windows: tuple[Window, ...]) -> RenderPlan:
 
 def loop_decode_tiles(groups: int, context: int, tile: int, factor: int) -> tuple[DecodeTile, ...]:
     """Decode tiles of a loop of ``groups`` latent groups, indexed into the sequence the runner
-    decodes: ``context`` groups from the end of the circle, then the whole circle."""
+    decodes: ``context`` groups from the end of the circle, then the whole circle (whose group
+    ``k`` is pixel frames ``f*k .. f*k + f - 1``: a circle has no lone first frame)."""
     tiles = []
     for index, start in enumerate(range(0, groups, tile)):
         stop = min(start + tile, groups)
@@ -213,7 +189,7 @@ def loop_decode_tiles(groups: int, context: int, tile: int, factor: int) -> tupl
 
 def plan_job(spec: RenderSpec, geometry: LatentGeometry, options: TilingOptions) -> JobPlan:
     """The full plan of a resolved request."""
-    f = geometry.temporal_factor
+    grid = geometry.time_grid
     render = plan_render(spec.num_frames, spec.height, spec.width, geometry, options)
     latent_frames = render.latent_frames
     mode = spec.mode
@@ -230,10 +206,10 @@ def plan_job(spec: RenderSpec, geometry: LatentGeometry, options: TilingOptions)
         video = spec.input("extend_video")
         frames = len(video.frame_indices)
         if spec.backward:
-            start = _latents(spec.extend_frames, f)
-            placement = Placement("extend_video", video.frame_indices, start, math.ceil(frames / f), group_aligned=True)
+            start = grid.latent_frames(spec.extend_frames)
+            placement = Placement("extend_video", video.frame_indices, start, grid.groups(frames), group_aligned=True)
         else:
-            placement = Placement("extend_video", video.frame_indices, 0, _latents(frames, f), group_aligned=False)
+            placement = Placement("extend_video", video.frame_indices, 0, grid.latent_frames(frames), group_aligned=False)
         return JobPlan(mode, render, given=(placement,))
 
     if mode == Mode.EDIT:
@@ -243,21 +219,21 @@ def plan_job(spec: RenderSpec, geometry: LatentGeometry, options: TilingOptions)
 
     if mode == Mode.TRANSITION:
         first, second = spec.input("transition_from"), spec.input("transition_to")
-        head = _latents(len(first.frame_indices), f)
-        start = head + spec.transition_frames // f
+        head = grid.latent_frames(len(first.frame_indices))
+        start = head + grid.groups(spec.transition_frames)
         return JobPlan(mode, render, given=(
             Placement("transition_from", first.frame_indices, 0, head, group_aligned=False),
-            Placement("transition_to", second.frame_indices, start, math.ceil(len(second.frame_indices) / f), group_aligned=True),
+            Placement("transition_to", second.frame_indices, start, grid.groups(len(second.frame_indices)), group_aligned=True),
         ))
 
     if mode == Mode.LOOP:
-        groups = spec.num_frames // f
+        groups = grid.groups(spec.num_frames)
         c, _, h, w = render.latent_shape
         context = max(1, options.decode_context)
         looped = RenderPlan(
             num_frames=spec.num_frames, latent_shape=(c, groups, h, w),
             windows=plan_windows(groups, options.window, options.min_overlap), sync_every=1,
-            decode_tiles=loop_decode_tiles(groups, context, options.decode_tile, f),
+            decode_tiles=loop_decode_tiles(groups, context, options.decode_tile, grid.temporal_factor),
         )
         return JobPlan(mode, looped, loop_context=context)
 
@@ -265,7 +241,7 @@ def plan_job(spec: RenderSpec, geometry: LatentGeometry, options: TilingOptions)
         ranges, segments = [], []
         first_frame, latent = 0, 0
         for index, shot in enumerate(spec.shots):
-            count = _latents(shot.num_frames, f) if index == 0 else shot.num_frames // f
+            count = grid.latent_frames(shot.num_frames) if index == 0 else grid.groups(shot.num_frames)
             ranges.append(ShotRange(index, first_frame, shot.num_frames, latent, latent + count, shot.transition.value))
             first_frame += shot.num_frames
             latent += count

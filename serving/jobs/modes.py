@@ -102,16 +102,6 @@ def resample_indices(source_frames: int, source_fps: float, fps: float) -> tuple
     return tuple(min(source_frames - 1, math.floor(i * source_fps / fps + 1e-6)) for i in range(count))
 
 
-def whole_groups(frames: int, factor: int) -> int:
-    """Largest ``1 + factor*k <= frames``: a video start that ends on a latent frame boundary."""
-    return 1 + factor * ((frames - 1) // factor)
-
-
-def group_start(frames: int, factor: int) -> int:
-    """Smallest ``1 + factor*k >= frames`` (at least 1): frames before a latent group boundary."""
-    return 1 + factor * math.ceil(max(frames - 1, 0) / factor)
-
-
 def _seconds(name: str, value: float | None, default: float | None, fps: float) -> int:
     if value is None:
         if default is None:
@@ -161,7 +151,7 @@ def resolve_mode(
 
     ``requested_frames`` is the request's duration in frames where the mode takes one (text to
     video, image to video, loop, edit), else None."""
-    f = geometry.temporal_factor
+    grid = geometry.time_grid  # the latent grid's arithmetic (TimeGrid: starts 1 + f*k, groups f*k)
     if mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO):
         fields: dict = {"num_frames": requested_frames}
         if mode == Mode.IMAGE_TO_VIDEO:
@@ -174,7 +164,7 @@ def resolve_mode(
         return {"num_frames": 1}
 
     if mode == Mode.LOOP:
-        frames = f * max(MIN_LOOP_LATENTS, round(requested_frames / f))
+        frames = grid.round_groups(requested_frames, MIN_LOOP_LATENTS)
         _check_total(frames, fps, limits, "the loop, rounded to the latent grid,")
         return {"num_frames": frames}
 
@@ -184,9 +174,9 @@ def resolve_mode(
         indices = _video_frames(info, fps)
         new = _seconds("extend_seconds", request.extend_seconds, None, fps)
         if request.backward:
-            new = group_start(new, f)
+            new = grid.ceil_start(new)
         else:
-            indices = indices[: whole_groups(len(indices), f)]
+            indices = indices[: grid.floor_start(len(indices))]
         total = len(indices) + new
         _check_total(total, fps, limits, f"the input ({len(indices) / fps:g} s) plus extend_seconds")
         return {
@@ -213,10 +203,10 @@ def resolve_mode(
     if mode == Mode.TRANSITION:
         _no_length(request, mode, "the output is both videos plus the bridge")
         first = _video_frames(media["transition_from"], fps)
-        first = first[: whole_groups(len(first), f)]
+        first = first[: grid.floor_start(len(first))]
         second = _video_frames(media["transition_to"], fps)
         bridge = _seconds("transition_seconds", request.transition_seconds, DEFAULT_TRANSITION_S, fps)
-        bridge = f * max(1, round(bridge / f))
+        bridge = grid.round_groups(bridge)
         total = len(first) + bridge + len(second)
         _check_total(total, fps, limits, "transition_from, the bridge and transition_to")
         return {
@@ -239,7 +229,7 @@ def resolve_mode(
                 )
             wanted = _seconds(f"shots[{index}].duration_s", shot.duration_s or None, None, fps)
             # The first shot starts the video (1 + f*k frames), later ones are whole groups of f.
-            frames = 1 + f * max(1, round((wanted - 1) / f)) if index == 0 else f * max(1, round(wanted / f))
+            frames = grid.round_start(wanted) if index == 0 else grid.round_groups(wanted)
             shots.append(ShotSpec(
                 prompt=shot.prompt, text=shot_text(request.character, request.prompt, shot.prompt),
                 num_frames=frames, transition=shot.transition,

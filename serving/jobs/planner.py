@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
-from tessera.models.interface import LatentGeometry
+from tessera.models.interface import LatentGeometry, TimeGrid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +124,9 @@ class RenderPlan:
         boundary: where a discontinuity from tiling would show (the seam metric's input)."""
         boundaries = {w.start for w in self.windows[1:]} | {w.stop for w in self.windows[:-1]}
         boundaries |= {t.start for t in self.decode_tiles[1:]}
-        # Latent frame k >= 1 starts at pixel frame 1 + f*(k-1): the pair before it straddles the seam.
-        pairs = {1 + temporal_factor * (k - 1) - 1 for k in boundaries if k >= 1}
+        # The pair that ends just before latent frame k's first pixel frame straddles the seam.
+        grid = TimeGrid(temporal_factor)
+        pairs = {grid.pixel_start(k) - 1 for k in boundaries if k >= 1}
         return sorted(i for i in pairs if 0 <= i < self.num_frames - 1)
 
     def summary(self) -> dict:
@@ -147,7 +149,7 @@ def plan_windows(latent_frames: int, window: int, min_overlap: int, fit: bool = 
     if latent_frames < 1:
         raise ValueError(f"latent_frames must be >= 1, got {latent_frames}")
     if latent_frames <= window:
-        return (Window(0, 0, latent_frames, (1.0,) * latent_frames),)
+        return fused_windows([(0, latent_frames)])
     stride = window - min_overlap
     count = 1 + math.ceil((latent_frames - window) / stride)
     if fit:
@@ -155,25 +157,49 @@ def plan_windows(latent_frames: int, window: int, min_overlap: int, fit: bool = 
         window = math.ceil((latent_frames + (count - 1) * min_overlap) / count)
     span = latent_frames - window
     starts = [round(i * span / (count - 1)) for i in range(count)]
+    return fused_windows([(start, start + window) for start in starts])
 
-    raw: list[list[float]] = []
-    for i, start in enumerate(starts):
-        lead = (starts[i - 1] + window - start) if i > 0 else 0  # frames shared with the previous window
-        trail = (start + window - starts[i + 1]) if i + 1 < count else 0  # shared with the next
-        weights = []
-        for j in range(window):
-            up = (j + 1) / (lead + 1) if lead else 1.0
-            down = (window - j) / (trail + 1) if trail else 1.0
-            weights.append(min(1.0, up, down))
-        raw.append(weights)
 
-    totals = [0.0] * latent_frames
-    for start, weights in zip(starts, raw):
+def ramp_weights(length: int, lead: int, trail: int) -> tuple[float, ...]:
+    """Unnormalised trapezoid fusion weights of a window of ``length`` frames that shares its
+    first ``lead`` frames with the previous window and its last ``trail`` with the next.
+
+    The weight ramps up as ``(j + 1) / (lead + 1)`` across the leading overlap and down as
+    ``(length - j) / (trail + 1)`` across the trailing one, and is 1 elsewhere (and along a
+    side with no overlap: video edges and cuts get no ramp)."""
+    if length < 1 or lead < 0 or trail < 0:
+        raise ValueError(f"need length >= 1 and overlaps >= 0, got {length}, {lead}, {trail}")
+    return tuple(
+        min(1.0, (j + 1) / (lead + 1) if lead else 1.0, (length - j) / (trail + 1) if trail else 1.0)
+        for j in range(length)
+    )
+
+
+def fused_windows(spans: Sequence[tuple[int, int]]) -> tuple[Window, ...]:
+    """Windows over latent frames ``[start, stop)`` (in order of start), with fusion weights.
+
+    Each window ramps (:func:`ramp_weights`) across what it shares with the window before and
+    the window after it in this order; the weights of every frame are then normalised to sum to
+    one, so windows that overlap blend there and windows that only touch stay apart. Every frame
+    from 0 to the last stop must be covered."""
+    if not spans or any(stop <= start or start < 0 for start, stop in spans):
+        raise ValueError(f"windows must be non-empty ranges [start, stop) with start >= 0, got {list(spans)}")
+    if any(b[0] < a[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"windows must be in order of start, got {list(spans)}")
+    raw = []
+    for i, (start, stop) in enumerate(spans):
+        lead = max(0, spans[i - 1][1] - start) if i > 0 else 0  # frames shared with the previous window
+        trail = max(0, stop - spans[i + 1][0]) if i + 1 < len(spans) else 0  # shared with the next
+        raw.append(ramp_weights(stop - start, lead, trail))
+    totals = [0.0] * max(stop for _, stop in spans)
+    for (start, _), weights in zip(spans, raw):
         for j, w in enumerate(weights):
             totals[start + j] += w
+    if any(t <= 0 for t in totals):
+        raise ValueError(f"windows {list(spans)} leave latent frames uncovered")
     return tuple(
-        Window(i, start, start + window, tuple(w / totals[start + j] for j, w in enumerate(weights)))
-        for i, (start, weights) in enumerate(zip(starts, raw))
+        Window(i, start, stop, tuple(w / totals[start + j] for j, w in enumerate(weights)))
+        for i, ((start, stop), weights) in enumerate(zip(spans, raw))
     )
 
 
@@ -193,16 +219,15 @@ def plan_decode_tiles(
     latent_frames: int, num_frames: int, geometry: LatentGeometry, tile: int, context: int
 ) -> tuple[DecodeTile, ...]:
     """Cut the latent video into decode tiles and map each to its output pixel frames."""
-    if num_frames > geometry.pixel_frames(latent_frames):
+    grid = geometry.time_grid
+    if num_frames > grid.pixel_frames(latent_frames):
         raise ValueError(f"{latent_frames} latent frames decode to fewer than {num_frames} frames")
     tiles = []
     for index, start in enumerate(range(0, latent_frames, tile)):
         stop = min(start + tile, latent_frames)
-        # Causal VAE: latent frame 0 decodes to one pixel frame, every later one to temporal_factor.
-        first = 0 if start == 0 else 1 + geometry.temporal_factor * (start - 1)
+        first, end = grid.pixel_range(start, stop)
         if first >= num_frames:
             break
-        end = geometry.pixel_frames(stop)
         tiles.append(
             DecodeTile(
                 index=index,

@@ -10,9 +10,11 @@ import math
 import re
 import secrets
 
+from pydantic import ValidationError
+
 from tessera.models.interface import ModelCard
 from tessera.serving.config import LimitsConfig
-from tessera.serving.errors import InvalidRequestError
+from tessera.serving.errors import InvalidRequestError, describe_value, validation_message
 from tessera.serving.jobs import modes
 from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, Mode, RenderSpec
 
@@ -20,11 +22,17 @@ MAX_SEED = 2**64 - 1
 MAX_GUIDANCE_SCALE = 30.0
 PRIORITY_RANGE = (-10, 10)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
+MAX_ASPECT_RATIO_CHARS = 32
+MAX_URI_CHARS = 2048
+"""Longest ``s3://`` URI of a media input (S3 keys are at most 1024 UTF-8 bytes)."""
+MAX_INPUT_DURATION_FACTOR = 10
+"""A video input may be this many times the longest output (an edit can use its start)."""
 
 
-def _finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise InvalidRequestError(f"{name} must be a finite number, got {value}")
+def _finite(name: str, value: float, allowed: str = "") -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        suffix = f" ({allowed})" if allowed else ""
+        raise InvalidRequestError(f"{name} must be a finite number, got {describe_value(value)}{suffix}")
     return value
 
 
@@ -37,7 +45,108 @@ def _check_text(name: str, text: str, limits: LimitsConfig, required: bool) -> s
         )
     if "\x00" in text:
         raise InvalidRequestError(f"{name} contains a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
     return text
+
+
+def _check_seconds(name: str, value: float | None, limits: LimitsConfig) -> None:
+    """A length in seconds: unset, or finite in (0, max_duration_s] (checked before any ``value * fps``)."""
+    if value is None:
+        return
+    allowed = f"0 < {name} <= {limits.max_duration_s:g} s"
+    _finite(name, value, allowed)
+    if value <= 0:
+        raise InvalidRequestError(f"{name} must be a positive number of seconds, got {value:g} ({allowed})")
+    if value > limits.max_duration_s:
+        raise InvalidRequestError(f"{name} {value:g} is above the maximum of {limits.max_duration_s:g} s ({allowed})")
+
+
+def check_request(request: GenerationRequest, card: ModelCard, limits: LimitsConfig) -> None:
+    """Every field of ``request`` on its own: types, finite numbers, ranges, lengths.
+
+    Cheap and free of I/O, so it can run before anything else (idempotency look-up, reading
+    inputs); :func:`resolve_request` runs it first. Every number is checked here before any
+    arithmetic on it (``1e308 * fps`` overflows ``round``), and no message quotes more than a
+    few dozen characters of the caller's input."""
+    for name in ("prompt", "negative_prompt", "character"):
+        _check_text(name, getattr(request, name), limits, required=False)
+    if len(request.shots) > limits.max_shots:
+        raise InvalidRequestError(f"{len(request.shots)} shots is more than the limit of {limits.max_shots}")
+    for index, shot in enumerate(request.shots):
+        _check_text(f"shots[{index}].prompt", shot.prompt, limits, required=False)
+        # 0 is proto3's "unset": the mode's rules say it is required.
+        _check_seconds(f"shots[{index}].duration_s", shot.duration_s or None, limits)
+
+    if request.duration_s is not None:
+        allowed = f"0 < duration_s <= {limits.max_duration_s:g} s"
+        _finite("duration_s", request.duration_s, allowed)
+        if request.duration_s <= 0:
+            raise InvalidRequestError(f"duration_s must be positive, got {request.duration_s:g} ({allowed})")
+        if request.duration_s > limits.max_duration_s:
+            raise InvalidRequestError(f"duration_s {request.duration_s:g} is above the maximum of {limits.max_duration_s:g} s")
+    if request.num_frames is not None and request.num_frames < 1:
+        raise InvalidRequestError(f"num_frames must be at least 1, got {request.num_frames}")
+    if request.fps is not None:
+        fps = _finite("fps", request.fps, f"{card.limits.min_fps:g} <= fps <= {card.limits.max_fps:g}")
+        if not card.limits.min_fps <= fps <= card.limits.max_fps:
+            raise InvalidRequestError(
+                f"fps {fps:g} is out of range: this model renders {card.limits.min_fps:g} to {card.limits.max_fps:g} fps"
+            )
+    if request.guidance_scale is not None:
+        guidance = _finite("guidance_scale", request.guidance_scale, f"0 <= guidance_scale <= {MAX_GUIDANCE_SCALE:g}")
+        if not 0 <= guidance <= MAX_GUIDANCE_SCALE:
+            raise InvalidRequestError(f"guidance_scale must be between 0 and {MAX_GUIDANCE_SCALE:g}, got {guidance:g}")
+    if request.strength is not None:
+        if not (isinstance(request.strength, (int, float)) and math.isfinite(request.strength) and 0 < request.strength <= 1):
+            raise InvalidRequestError(f"strength must be in (0, 1], got {describe_value(request.strength)}")
+    _check_seconds("extend_seconds", request.extend_seconds, limits)
+    _check_seconds("transition_seconds", request.transition_seconds, limits)
+
+    max_side = max(card.limits.max_side, card.limits.max_image_side)
+    for name in ("width", "height", "short_side"):
+        value = getattr(request, name)
+        if value is not None and value <= 0:
+            raise InvalidRequestError(f"{name} must be a positive number of pixels, got {value}")
+        if value is not None and value > max_side:
+            raise InvalidRequestError(f"{name} {value} is above the model's maximum of {max_side} px")
+    if request.steps is not None and not 1 <= request.steps <= card.limits.max_steps:
+        raise InvalidRequestError(f"steps must be between 1 and {card.limits.max_steps}, got {request.steps}")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequestError(f"seed must be between 0 and 2^64-1, got {describe_value(request.seed)}")
+    if not PRIORITY_RANGE[0] <= request.priority <= PRIORITY_RANGE[1]:
+        raise InvalidRequestError(
+            f"priority must be between {PRIORITY_RANGE[0]} and {PRIORITY_RANGE[1]}, got {describe_value(request.priority)}"
+        )
+    key = request.idempotency_key
+    if key and (len(key) > limits.max_idempotency_key_chars or not _IDEMPOTENCY_KEY.match(key)):
+        raise InvalidRequestError(
+            f"idempotency_key must be 1 to {limits.max_idempotency_key_chars} printable ASCII characters without spaces"
+        )
+    if len(request.aspect_ratio) > MAX_ASPECT_RATIO_CHARS:
+        raise InvalidRequestError(
+            f"aspect_ratio has {len(request.aspect_ratio)} characters; give W:H, e.g. 16:9"
+        )
+    for name, media in request.media().items():
+        if len(media.uri) > MAX_URI_CHARS:
+            raise InvalidRequestError(f"{name}.uri has {len(media.uri)} characters; the limit is {MAX_URI_CHARS}")
+
+
+def _check_input_lengths(media: dict[str, MediaInfo], limits: LimitsConfig) -> None:
+    """Video inputs of a sane length, before their frames are resampled to the output rate."""
+    longest = MAX_INPUT_DURATION_FACTOR * limits.max_duration_s
+    for name, info in media.items():
+        if info.kind != "video":
+            continue
+        if not (math.isfinite(info.fps) and info.fps > 0 and info.frames >= 1):
+            raise InvalidRequestError(f"{name} has no usable frame rate or frame count")
+        if info.frames / info.fps > longest:
+            raise InvalidRequestError(
+                f"{name} is {info.frames / info.fps:g} s long; video inputs may be at most {longest:g} s"
+            )
 
 
 def _check_side(name: str, value: int, card: ModelCard, max_side: int) -> int:
@@ -101,9 +210,9 @@ def _parse_aspect(text: str) -> float:
     try:
         w, h = (float(p) for p in parts)
     except ValueError:
-        raise InvalidRequestError(f"aspect_ratio {text!r} is not of the form W:H, e.g. 16:9") from None
+        raise InvalidRequestError(f"aspect_ratio {describe_value(text)} is not of the form W:H, e.g. 16:9") from None
     if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0) or not 0.1 <= w / h <= 10:
-        raise InvalidRequestError(f"aspect_ratio {text!r} must be two positive numbers within 10:1 of each other")
+        raise InvalidRequestError(f"aspect_ratio {describe_value(text)} must be two positive numbers within 10:1 of each other")
     return w / h
 
 
@@ -149,13 +258,25 @@ def resolve_request(
     """Validate ``request`` and fill its defaults; raises :class:`InvalidRequestError`.
 
     ``media`` holds what each media input of the request was probed to contain (by field name);
-    it is required for every input the request sets."""
+    it is required for every input the request sets.
+
+    Only :class:`InvalidRequestError` comes out for a bad request: a pydantic ValidationError
+    from building the spec is reported as one too (without the input values)."""
     media = media or {}
-    mode = modes.detect_mode(request)
     missing = set(request.media()) - set(media)
     if missing:
         raise ValueError(f"inputs {sorted(missing)} were not probed before validation")
+    try:
+        return _resolve(request, card, limits, media)
+    except ValidationError as error:
+        raise InvalidRequestError(validation_message(error, "the request")) from None
+
+
+def _resolve(request: GenerationRequest, card: ModelCard, limits: LimitsConfig, media: dict[str, MediaInfo]) -> RenderSpec:
+    check_request(request, card, limits)
+    mode = modes.detect_mode(request)
     modes.check_media(mode, media)
+    _check_input_lengths(media, limits)
     prompt = _check_text("prompt", request.prompt, limits, required=mode != Mode.MULTI_SHOT)
     negative_prompt = _check_text("negative_prompt", request.negative_prompt, limits, required=False)
     fps = _resolve_fps(request, card, media)

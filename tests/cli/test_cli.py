@@ -21,7 +21,7 @@ from tests.helpers import ffprobe, free_port
 
 pytestmark = pytest.mark.integration
 
-TESSERA = [sys.executable, "-m", "tessera.serving.cli"]
+TESSERA = [sys.executable, "-m", "tessera.cluster.cli"]
 
 
 def tessera(home: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

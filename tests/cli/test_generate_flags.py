@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tessera.serving.api import tessera_pb2 as pb
-from tessera.serving.cli import _generation_fields, build_parser, main
+from tessera.cluster.cli import _generation_fields, build_parser, main
 from tessera.serving.client import TesseraClient
 from tessera.serving.video import encode_png
 

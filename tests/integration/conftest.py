@@ -14,6 +14,26 @@ from tessera.serving.storage import ObjectStore
 from tests.helpers import free_port
 
 
+STACK_CONFIG = {
+    # Every sampler step streamed back (the default coalesces steps faster than 0.2 s) and the
+    # job records written and read often, so the tests see progress step by step; leases short,
+    # so takeovers happen within seconds.
+    "jobs": {
+        "step_progress_s": 0, "progress_flush_s": 0.1, "watch_poll_s": 0.1,
+        "lease_ttl_s": 4.0, "heartbeat_s": 1.0, "scan_interval_s": 1.0, "claim_grace_s": 1.0,
+        "checkpoint_every_groups": 2, "storage_retry_s": 12.0, "stage_retry_s": 90.0, "cancel_wait_s": 20.0,
+    },
+    # Several gateways and job runners, as in production: any of them may answer or run any job.
+    "deployments": {
+        "gateway": {"num_cpus": 0.05, "num_replicas": 2, "max_ongoing_requests": 256, "max_queued_requests": 64},
+        "job_runner": {"num_cpus": 0.05, "num_replicas": 2, "max_ongoing_requests": 64, "graceful_shutdown_timeout_s": 30},
+        "prompt_expander": {"num_cpus": 0.2, "max_ongoing_requests": 16},
+        "denoiser": {"num_cpus": 1.0, "max_ongoing_requests": 32},
+        "decoder": {"num_cpus": 0.5, "max_ongoing_requests": 4},
+    },
+}
+
+
 @dataclasses.dataclass
 class Stack:
     runner: StackRunner
@@ -28,11 +48,9 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    # Every sampler step streamed back (the default coalesces steps faster than 0.2 s), so the
-    # tests see the streaming itself, step by step.
     grpc_port = free_port()
     runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=grpc_port, s3_port=free_port(avoid={grpc_port}), num_cpus=2,
-                         config={"jobs": {"step_progress_s": 0}})
+                         config=STACK_CONFIG)
     try:
         config = runner.start()
         client = TesseraClient(f"127.0.0.1:{config.grpc.port}")

@@ -31,12 +31,13 @@ def test_generate_streams_progress_then_the_result(rendered):
     job, events, _ = rendered
     assert job.state == pb.SUCCEEDED
     stages = [e.stage for e in events]
-    assert stages[0] in (pb.STAGE_QUEUED, pb.STAGE_EXPANDING_PROMPT)
-    for stage in (pb.STAGE_EXPANDING_PROMPT, pb.STAGE_DENOISING, pb.STAGE_DECODING):
-        assert stage in stages
+    # Progress is read from the job's record (watch_poll_s): a stage shorter than that may pass unseen.
+    assert stages == sorted(stages) and pb.STAGE_DENOISING in stages, stages
     denoising = [e for e in events if e.stage == pb.STAGE_DENOISING]
     assert [e.step for e in denoising][-1] == 8 and all(e.total_steps == 8 for e in denoising)
-    assert sorted({e.step for e in denoising}) == list(range(0, 9)), "one event per sampler step"
+    steps = [e.step for e in denoising]
+    # Progress comes from the job's record, read every watch_poll_s: a step shorter than that may be skipped.
+    assert steps == sorted(steps) and len(set(steps)) >= 3, steps
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
 

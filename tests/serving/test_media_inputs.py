@@ -63,6 +63,24 @@ def test_unusable_inputs_are_invalid_arguments(data, message):
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_malformed_files_are_invalid_arguments_not_crashes():
+    """Two files that crashed the probe: an MP4 whose sample description is gone (no codec:
+    AttributeError on None) and one whose brand is not UTF-8 (UnicodeDecodeError from PyAV)."""
+    mp4 = encode_mp4(ramp_video(9), 8, VideoEncodingConfig())
+    at = mp4.index(b"stsd")
+    no_codec = mp4[:at] + b"zzzz" + mp4[at + 4 :]
+    bad_brand = bytearray(mp4)
+    bad_brand[21] ^= 0xFF
+    for data in (no_codec, bytes(bad_brand), mp4[:600], mp4[: len(mp4) // 2]):
+        try:
+            probe(data)
+        except TesseraError as error:
+            assert isinstance(error, MediaError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.message.startswith("input ") and len(error.message) < 300
+    with pytest.raises(MediaError, match="not a decodable image or video file"):
+        probe(no_codec)
+
+
 def test_decode_media_keeps_the_frames_asked_for():
     data = encode_mp4(ramp_video(9), 8, VideoEncodingConfig())
     frames = decode_media(data, [0, 4, 4, 8, 20])

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from tessera.models import ModelConfig, load_model
-from tessera.models.interface import DenoiseWork
 from tessera.models.shapes.world import ClipSpec, render
 from tessera.serving.config import ExpansionConfig, LimitsConfig
 from tessera.serving.decoder import DecoderEngine
@@ -22,11 +21,11 @@ from tessera.serving.jobs.inputs import InputCollector
 from tessera.serving.jobs.layout import plan_job
 from tessera.serving.jobs.planner import TilingOptions
 from tessera.serving.jobs.records import JobRecord
-from tessera.serving.jobs.runner import Renderer
+from tessera.serving.jobs.sampling import Sampler, SamplingHooks, SamplingSettings
 from tessera.serving.jobs.spec import GenerationRequest, MediaInput
 from tessera.serving.jobs.validation import resolve_request
 from tessera.serving.prompt_expander import PromptExpanderEngine
-from tessera.serving.stages import EncodeRequest, LocalStages
+from tessera.serving.stages import EncodeRequest, LocalStages, StepWork
 from tessera.serving.video import VideoEncodingConfig, encode_mp4
 
 OPTIONS = TilingOptions(window=4, min_overlap=2, sync_every=1, decode_tile=4, decode_context=4, fit_windows=False)
@@ -50,7 +49,7 @@ def clip(frames: int = 17):
 
 
 def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, options: TilingOptions = OPTIONS,
-            **fields) -> tuple[torch.Tensor, object, JobRecord, Renderer]:
+            **fields) -> tuple[torch.Tensor, object, JobRecord, Sampler]:
     config, stages = engines
     model = load_model(config, parts=())
     request = GenerationRequest(prompt="a red circle moving right", width=64, height=64, fps=8, steps=3, seed=1, **fields)
@@ -60,17 +59,18 @@ def denoise(engines, store, tenant: str, max_windows_per_call: int = 4, options:
     record = JobRecord(job_id="job", tenant=tenant, request=request.without_data(), spec=spec, created_at=0.0, updated_at=0.0)
     collector.save(tenant, "job", collected)
     plan = plan_job(spec, model.geometry, options)
-    renderer = Renderer(model, stages, store, decode_ahead=2, max_windows_per_call=max_windows_per_call)
+    sampler = Sampler(model, stages, store, SamplingSettings(max_windows_per_call=max_windows_per_call))
 
     async def run():
         conditioning = await stages.condition(spec.prompt, "", False)
 
-        async def not_cancelled():
+        async def nothing(*_):
             return None
 
-        return await renderer._denoise(record, plan, [conditioning], lambda progress: None, not_cancelled)
+        hooks = SamplingHooks(on_step=lambda step: None, check=nothing, after_group=nothing)
+        return await sampler.denoise(record, plan, [stages.share(conditioning)], hooks)
 
-    return asyncio.run(run()), plan, record, renderer
+    return asyncio.run(run()), plan, record, sampler
 
 
 def encode(engines, **fields) -> torch.Tensor:
@@ -147,9 +147,9 @@ def test_single_window_progress_is_per_step_or_coalesced(engines):
     either way the latents of the model's own sampler run over all the noise levels at once."""
     config, stages = engines
     conditioning = asyncio.run(stages.condition("a red circle moving right", "", False))
-    work = DenoiseWork(latents=torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
-                       sigmas=tuple(load_model(config, parts=()).sigmas(5)), text=conditioning.text,
-                       negative_text=conditioning.negative_text, guidance_scale=4.0, fps=8.0)
+    work = StepWork(latents=torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                    sigmas=tuple(load_model(config, parts=()).sigmas(5)), text=stages.share(conditioning),
+                    guidance_scale=4.0, fps=8.0)
 
     async def updates(report_every_s: float):
         return [update async for update in stages.advance(work, report_every_s)]
@@ -159,7 +159,7 @@ def test_single_window_progress_is_per_step_or_coalesced(engines):
     assert [u.steps_done for u in every] == [1, 2, 3, 4, 5]
     assert all(u.latents is None for u in every[:-1])
     assert [u.steps_done for u in coalesced] == [5]
-    expected = stages._denoiser.model.step([work])[0]
+    expected = stages._denoiser.model.step([work.resolve(conditioning.text, conditioning.negative_text)])[0]
     assert not torch.allclose(expected, work.latents, atol=1e-2), "the steps must move the latents"
     for updates_seen in (every, coalesced):
         assert torch.allclose(updates_seen[-1].latents, expected, atol=1e-5)

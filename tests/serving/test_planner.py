@@ -6,8 +6,16 @@ import itertools
 
 import pytest
 
-from tessera.models.interface import LatentGeometry
-from tessera.serving.jobs.planner import TilingOptions, plan_decode_tiles, plan_render, plan_windows, window_batches
+from tessera.models.interface import LatentGeometry, TimeGrid
+from tessera.serving.jobs.planner import (
+    TilingOptions,
+    fused_windows,
+    plan_decode_tiles,
+    plan_render,
+    plan_windows,
+    ramp_weights,
+    window_batches,
+)
 
 GEOMETRY = LatentGeometry(
     latent_channels=8, spatial_factor=8, temporal_factor=4, patch_size=(1, 2, 2), native_window=8, decode_context=2
@@ -154,7 +162,7 @@ def test_seam_pairs_mark_window_and_tile_boundaries():
 def test_fusion_keeps_agreed_frames_and_blends_overlaps():
     import torch
 
-    from tessera.serving.jobs.runner import fuse_windows
+    from tessera.serving.jobs.sampling import fuse_windows
 
     windows = plan_windows(20, 8, 3)
     video = torch.randn(2, 20, 3, 3)
@@ -179,3 +187,84 @@ def test_window_batches_cover_each_window_once_within_the_limit(windows, replica
     assert all(1 <= len(batch) <= max_per_call for batch in batches)
     assert len(batches) >= min(windows, replicas), "every replica can get work"
     assert max(map(len, batches)) - min(map(len, batches)) <= 1, "spread evenly"
+
+
+# --- the shared homes: ramp weights, fused windows, the causal time grid ------------------------
+
+
+def test_ramp_weights_rise_over_the_lead_and_fall_over_the_trail():
+    assert ramp_weights(8, 3, 2) == (0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 2 / 3, 1 / 3)
+    assert ramp_weights(5, 0, 0) == (1.0,) * 5, "video edges and cuts get no ramp"
+    assert ramp_weights(4, 0, 3) == (1.0, 0.75, 0.5, 0.25)
+    assert ramp_weights(3, 2, 2) == (1 / 3, 2 / 3, 1 / 3), "a short window between two overlaps ramps both ways"
+    for bad in ((0, 0, 0), (4, -1, 0), (4, 0, -1)):
+        with pytest.raises(ValueError):
+            ramp_weights(*bad)
+
+
+def test_fused_windows_are_the_planners_windows_and_keep_touching_windows_apart():
+    for latent_frames, window, overlap in ((1, 8, 2), (11, 8, 2), (41, 8, 2), (20, 8, 3), (30, 5, 0)):
+        windows = plan_windows(latent_frames, window, overlap)
+        assert fused_windows([(w.start, w.stop) for w in windows]) == windows
+    touching = fused_windows([(0, 4), (4, 9)])
+    assert [w.weights for w in touching] == [(1.0,) * 4, (1.0,) * 5], "windows that only touch do not blend"
+    blended = fused_windows([(0, 6), (3, 9)])
+    for t in range(9):
+        assert sum(w.weights[t - w.start] for w in blended if w.start <= t < w.stop) == pytest.approx(1.0)
+    assert blended[1].weights[:3] == tuple(sorted(blended[1].weights[:3]))
+    with pytest.raises(ValueError, match="uncovered"):
+        fused_windows([(0, 3), (4, 8)])
+    with pytest.raises(ValueError, match="order"):
+        fused_windows([(4, 8), (0, 5)])
+    for bad in ([], [(2, 2)], [(-1, 3)]):
+        with pytest.raises(ValueError):
+            fused_windows(bad)
+
+
+def causal_latent_of_frame(frame: int, factor: int) -> int:
+    """The reference mapping, frame by frame: frame 0 alone in latent 0, then groups of ``factor``."""
+    return 0 if frame == 0 else 1 + (frame - 1) // factor
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_time_grid_matches_the_causal_vae_frame_by_frame(factor):
+    grid = TimeGrid(factor)
+    frames_of = {}
+    for frame in range(400):
+        frames_of.setdefault(causal_latent_of_frame(frame, factor), []).append(frame)
+    for latent, frames in list(frames_of.items())[:-1]:
+        assert grid.pixel_range(latent) == (frames[0], frames[-1] + 1)
+        assert grid.pixel_start(latent) == frames[0]
+        assert grid.pixel_frames(latent + 1) == frames[-1] + 1
+        assert grid.pixel_range(0, latent + 1) == (0, frames[-1] + 1)
+    starts = {grid.pixel_frames(k) for k in range(1, 400)}  # the lengths 1 + f*k
+    for n in range(1, 300):
+        assert grid.latent_frames(n) == causal_latent_of_frame(n - 1, factor) + 1
+        assert grid.pixel_frames(grid.latent_frames(n)) >= n > grid.pixel_start(grid.latent_frames(n) - 1)
+        assert grid.floor_start(n) == max(s for s in starts if s <= n)
+        assert grid.ceil_start(n) == min(s for s in starts if s >= n)
+        assert grid.groups(n) * factor >= n > (grid.groups(n) - 1) * factor
+        assert grid.round_groups(n) % factor == 0 and grid.round_groups(n) >= factor
+        assert abs(grid.round_groups(n) - n) <= factor / 2 or grid.round_groups(n) == factor
+        assert grid.round_start(n) in starts and grid.round_start(n) >= 1 + factor
+        assert grid.round_groups(n, min_groups=3) >= 3 * factor
+    assert grid.ceil_start(0) == 1 and grid.groups(0) == 0 and grid.pixel_range(3, 3) == (grid.pixel_start(3),) * 2
+
+
+def test_time_grid_rejects_what_is_off_the_grid():
+    grid = TimeGrid(4)
+    for call in (lambda: grid.latent_frames(0), lambda: grid.pixel_frames(0), lambda: grid.pixel_start(-1),
+                 lambda: grid.pixel_range(3, 2), lambda: grid.floor_start(0), lambda: grid.groups(-1), lambda: TimeGrid(0)):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_geometry_frame_arithmetic_is_the_time_grid():
+    assert GEOMETRY.time_grid == TimeGrid(GEOMETRY.temporal_factor)
+    for n in range(1, 100):
+        assert GEOMETRY.latent_frames(n) == GEOMETRY.time_grid.latent_frames(n)
+        assert GEOMETRY.pixel_frames(n) == GEOMETRY.time_grid.pixel_frames(n)
+    # the decode tiles of the planner sit on the same grid
+    for tile in plan_decode_tiles(41, 160, GEOMETRY, tile=8, context=2):
+        first, end = GEOMETRY.time_grid.pixel_range(tile.start, tile.stop)
+        assert (tile.first_frame, tile.first_frame + tile.num_frames) == (first, min(end, 160))

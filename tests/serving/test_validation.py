@@ -89,3 +89,33 @@ def test_bad_input_has_a_specific_message(fields, message):
         resolve(**fields)
     assert message in caught.value.message
     assert caught.value.code_name == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(fps=math.inf), "fps must be a finite number, got inf (4 <= fps <= 24)"),
+        (dict(duration_s=1e308), "duration_s 1e+308 is above the maximum of 60 s"),
+        (dict(guidance_scale=-math.inf), "guidance_scale must be a finite number"),
+        (dict(character="x" * 2001), "character has 2001 characters; the limit is 2000"),
+        (dict(negative_prompt="a\x00b"), "negative_prompt contains a NUL character"),
+        (dict(prompt="a\udc80b"), "prompt is not valid Unicode text"),
+        (dict(aspect_ratio="1" * 40), "aspect_ratio has 40 characters"),
+        (dict(aspect_ratio="x" * 30), "aspect_ratio 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' is not of the form W:H"),
+        (dict(short_side=10**6), "short_side 1000000 is above the model's maximum of 512 px"),
+        (dict(width=10**9), "width 1000000000 is above the model's maximum of 512 px"),
+        (dict(seed=2**64), "seed must be between 0 and 2^64-1"),
+        (dict(priority=-(2**31)), "priority must be between -10 and 10"),
+        (dict(extend_seconds=1e308), "extend_seconds 1e+308 is above the maximum of 60 s (0 < extend_seconds <= 60 s)"),
+        (dict(transition_seconds=math.nan), "transition_seconds must be a finite number, got nan"),
+        (dict(strength=math.inf), "strength must be in (0, 1], got inf"),
+        (dict(prompt="", shots=[dict(prompt="a", duration_s=1e308)]), "shots[0].duration_s 1e+308 is above the maximum of 60 s"),
+        (dict(prompt="", shots=[dict(prompt="a", duration_s=1)] * 17), "17 shots is more than the limit of 16"),
+    ],
+)
+def test_every_field_is_checked_before_any_arithmetic(fields, message):
+    """Range checks that run first (check_request), whatever the mode: no OverflowError from round(1e308 * fps)."""
+    with pytest.raises(InvalidRequestError) as caught:
+        resolve(**fields)
+    assert message in caught.value.message
+    assert len(caught.value.message) < 300

@@ -1,0 +1,187 @@
+"""The gateway's side of jobs: submit, get, watch, cancel and list, all through the records in S3.
+
+Stateless: any gateway replica answers for any job, and a gateway that dies loses nothing. A
+submit is validated (media inputs read and probed concurrently, bounded per replica), written
+as a create-only record, then *offered* to a JobRunner replica, which claims it by its lease.
+When no replica has room the record is withdrawn (a conditional delete, so a job a scan
+claimed meanwhile stands) and the caller gets RESOURCE_EXHAUSTED with a retry hint: every
+admitted job is held by a replica with room for it, so it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from tessera.models.interface import VideoModel
+from tessera.serving.config import TesseraConfig
+from tessera.serving.errors import FailedPreconditionError, ResourceExhaustedError
+from tessera.serving.jobs.inputs import InputCollector, delete_inputs
+from tessera.serving.jobs.layout import plan_job
+from tessera.serving.jobs.outputs import DECODE_SHARE, DENOISE_SHARE, EXPAND_SHARE, OutputKeys
+from tessera.serving.jobs.records import JobRecord, JobState, JobStore, Progress, Stage, new_job_id
+from tessera.serving.jobs.spec import GenerationRequest
+from tessera.serving.jobs.validation import check_request, resolve_request
+from tessera.serving.storage import ConditionFailedError, ObjectStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+Offer = Callable[[str, str], Awaitable[bool]]
+"""Offer a new job (tenant, job id) to a JobRunner replica; True when some replica holds it."""
+
+
+class NoCapacityError(ResourceExhaustedError):
+    """No JobRunner replica had room for a new job."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class JobEvent:
+    """What watchers receive: progress while the job runs, then the record once it ended."""
+
+    def __init__(self, job_id: str, progress: Progress | None = None, record: JobRecord | None = None):
+        self.job_id = job_id
+        self.progress = progress
+        self.record = record
+
+
+def segment_progress(latest: Progress, index: int, keys: OutputKeys) -> Progress:
+    """The progress as it stood when segment ``index`` was announced (it was seen only later)."""
+    return latest.model_copy(update={
+        "segments_done": index + 1, "segment_key": keys.segment(index),
+        "fraction": EXPAND_SHARE + DENOISE_SHARE + DECODE_SHARE * (index + 1) / max(1, latest.total_segments),
+    })
+
+
+class JobFront:
+    def __init__(self, config: TesseraConfig, model: VideoModel, store: ObjectStore, offer: Offer, offer_attempts: int):
+        self.config = config
+        self.model = model
+        self.objects = store
+        self.store = JobStore(store)
+        self.inputs = InputCollector(store, config.limits)
+        self.tiling = config.tiling.options(model.geometry)
+        self._offer = offer
+        self._offer_attempts = offer_attempts
+        self._probes = asyncio.Semaphore(config.jobs.max_concurrent_probes)
+
+    @property
+    def model_name(self) -> str:
+        card = self.model.card
+        return f"{card.family}/{card.name}@{card.version}"
+
+    async def submit(self, tenant: str, request: GenerationRequest) -> JobRecord:
+        check_request(request, self.model.card, self.config.limits)  # bad requests go before any S3 request
+        existing = await asyncio.to_thread(self.store.find_idempotent, tenant, request)
+        if existing is not None:
+            return await self.get(tenant, existing)
+        # Media inputs are read and probed first, so validation knows what they hold.
+        async with self._probes:
+            collected = await asyncio.to_thread(self.inputs.collect, tenant, request)
+        media = {name: item.info for name, item in collected.items()}
+        spec = resolve_request(request, self.model.card, self.config.limits, media)
+        plan_job(spec, self.model.geometry, self.tiling)  # plannable?
+        now = time.time()
+        record = JobRecord(
+            job_id=new_job_id(now), tenant=tenant, request=request.without_data(), spec=spec, created_at=now,
+            updated_at=now, model=self.model_name, priority=spec.priority,
+        )
+        if collected:  # kept beside the record, before the record exists, so any replica finds them
+            await asyncio.to_thread(self.inputs.save, tenant, record.job_id, collected)
+        try:
+            job_id, etag = await asyncio.to_thread(self.store.create, record)
+        except BaseException:  # cancellation included: a record that was never written leaves no inputs behind
+            if collected:
+                await asyncio.shield(asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id))
+            raise
+        if job_id != record.job_id:  # the idempotency key already named another job
+            if collected:
+                await asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id)
+            return await self.get(tenant, job_id)
+        if not await self._admit(record, etag):
+            raise NoCapacityError(
+                "every job runner is full; retry later", retry_after_ms=self.config.jobs.retry_pushback_ms
+            )
+        return record
+
+    async def _admit(self, record: JobRecord, etag: str) -> bool:
+        for _ in range(self._offer_attempts):
+            try:
+                if await self._offer(record.tenant, record.job_id):
+                    return True
+            except Exception as error:  # an engine replica being replaced: try another, then the scans
+                logger.warning("offering job %s failed: %s", record.job_id, type(error).__name__)
+                return True  # the record is durable and active: a scan claims it
+        withdrawn = await asyncio.to_thread(self.store.withdraw, record, etag)
+        if withdrawn and record.spec.inputs:
+            await asyncio.to_thread(delete_inputs, self.objects, record.tenant, record.job_id)
+        return not withdrawn
+
+    async def get(self, tenant: str, job_id: str) -> JobRecord:
+        return await asyncio.to_thread(self.store.get, tenant, job_id)
+
+    async def list(self, tenant: str, page_size: int, page_token: str, state: JobState | None):
+        return await asyncio.to_thread(self.store.list, tenant, page_size, page_token, state)
+
+    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[JobEvent]:
+        """Progress events of a job from now on (read from its record), ending with its final record.
+
+        The record is read every ``watch_poll_s``, so steps and stages shorter than that may pass
+        unseen; segment previews never do: each one finished since the last read gets its event."""
+        record = await self.get(tenant, job_id)
+        last: Progress | None = None
+        announced = record.progress.segments_done
+        while not record.state.terminal:
+            progress = record.progress
+            for index in range(announced, progress.segments_done - 1):
+                yield JobEvent(job_id, progress=segment_progress(progress, index, OutputKeys.final(tenant, job_id)))
+            announced = max(announced, progress.segments_done)
+            if progress != last:
+                last = progress
+                yield JobEvent(job_id, progress=progress)
+            await asyncio.sleep(self.config.jobs.watch_poll_s)
+            try:
+                record = await self.get(tenant, job_id)
+            except StorageError as error:  # a storage blip: keep the stream open, the job goes on
+                logger.warning("watch of job %s: record not readable: %s", job_id, error)
+        if record.state == JobState.SUCCEEDED:  # previews finished since the last read, before the end
+            for index in range(announced, record.progress.total_segments):
+                yield JobEvent(job_id, progress=segment_progress(record.progress, index, OutputKeys.final(tenant, job_id)))
+        yield JobEvent(job_id, record=record)
+
+    async def cancel(self, tenant: str, job_id: str) -> JobRecord:
+        """Ask the job to stop: a waiting job nobody holds ends here; a held one is flagged in its
+        record, and its holder stops at its next step group (a holder that died is taken over
+        and the new one stops). Waits up to ``cancel_wait_s`` for the end, then answers."""
+        while True:
+            record, etag = await asyncio.to_thread(self.store.read, tenant, job_id)
+            if record.state == JobState.CANCELLED:
+                return record
+            if record.state.terminal:
+                raise FailedPreconditionError(f"job {job_id} already ended as {record.state.value}; nothing to cancel")
+            if record.lease is None:
+                record.state = JobState.CANCELLED
+                record.cancel_requested = True
+                record.progress = record.progress.model_copy(update={"stage": Stage.DONE})
+            elif record.cancel_requested:
+                break
+            else:
+                record.cancel_requested = True
+            try:
+                await asyncio.to_thread(self.store.write, record, etag)
+            except ConditionFailedError:
+                continue  # the record moved on (a heartbeat, a claim): look again
+            if record.state == JobState.CANCELLED:
+                if record.spec.inputs:
+                    await asyncio.to_thread(delete_inputs, self.objects, tenant, job_id)
+                return record
+            break
+        deadline = time.monotonic() + self.config.jobs.cancel_wait_s
+        while not record.state.terminal and time.monotonic() < deadline:
+            await asyncio.sleep(self.config.jobs.watch_poll_s)
+            record = await self.get(tenant, job_id)
+        return record
