@@ -6,9 +6,9 @@ local
     The same jobs rendered in this process (``LocalTessera``: the JobEngine, its leases, records and
     outputs on the embedded S3 server, the stages called in process) with checkpoints off, every 5
     step groups and every step group, alternating settings job by job. Every S3 request the engine
-    and the job front make is counted by operation (a botocore event hook on their client) and
-    timed, so the cost of leases (record writes, heartbeats) and of checkpoints is the difference
-    between the settings in requests and seconds per job.
+    makes is counted by operation (a botocore event hook on its own client; the watcher's reads
+    are not counted) and timed: records (lease, heartbeats, progress), checkpoints, outputs,
+    commit copies and clean-up.
 serve
     The same jobs through the Serve app over gRPC (two gateways, two job runners, as in
     production) with checkpoints every 5 groups, alternated with the in-process engine with the
@@ -69,7 +69,7 @@ def request(duration: float, seed: int) -> dict:
 
 
 def local_config(storage: dict, every: int) -> dict:
-    return {"storage": storage, "jobs": {"checkpoint_every_groups": every, "watch_poll_s": 0.02, "progress_flush_s": 0.5}}
+    return {"storage": storage, "jobs": {"checkpoint_every_groups": every, "watch_poll_s": 0.05}}
 
 
 def run_local(storage: dict, durations: list[float], repeats: int) -> list[dict]:
@@ -82,7 +82,7 @@ def run_local(storage: dict, durations: list[float], repeats: int) -> list[dict]
         for name, every in SETTINGS.items():
             local = LocalTessera(TesseraConfig.model_validate(local_config(storage, every)))
             await local.start()
-            engines[name] = (local, RequestCounter(local.store._client))
+            engines[name] = (local, RequestCounter(local.engine_store._client))
         rows = []
         try:
             for local, _ in engines.values():  # warm every engine once
@@ -117,7 +117,7 @@ def run_serve(home: Path, storage_home: Path, durations: list[float], repeats: i
     from tessera.serving.local import LocalTessera
 
     config = {
-        "jobs": {"checkpoint_every_groups": 5, "watch_poll_s": 0.02, "progress_flush_s": 0.5},
+        "jobs": {"checkpoint_every_groups": 5, "watch_poll_s": 0.05},
         "deployments": {
             "gateway": {"num_cpus": 0.05, "num_replicas": 2},
             "job_runner": {"num_cpus": 0.05, "num_replicas": 2},

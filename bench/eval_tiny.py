@@ -35,7 +35,7 @@ import torch
 from tessera.models import FrameCondition, ModelConfig, load_model
 from tessera.models.native.generate import generate_latents, generate_video, image_latent
 from tessera.models.shapes.captions import short_caption
-from tessera.models.shapes.evaluate import psnr, score_clip, summarize
+from tessera.models.shapes.evaluate import group_jumps, psnr, score_clip, summarize
 from tessera.models.shapes.world import ClipSpec, render, sample_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,16 +108,26 @@ def conditioning_set(model, rng, count: int, steps: int, guidance: float, positi
 
 
 def vae_reconstruction(model, rng, count: int) -> dict:
-    scores, values = [], []
+    """Rendered clips through encode + decode; ``group_jumps``: the centroid jump at latent-group
+    boundaries over the jump inside groups, pooled over clips (~1 for smooth motion; the full
+    VAE evaluation is bench/vae_eval.py)."""
+    scores, values, boundary, inside = [], [], [], []
     sizes = list(MAIN_SIZES.values())
+    factor = model.geometry.temporal_factor
     for index in range(count):
         width, height = sizes[index % len(sizes)]
         spec = sample_spec(rng, split="all", width=width, height=height, num_frames=29)
         truth = render(spec)
         video = model.decode_latents(model.encode_video(torch.from_numpy(truth)))[: spec.num_frames]
         values.append(psnr(video, truth))
-        scores.append(score_clip(video.numpy(), expected=spec.attributes(), true_speed=spec.speed_px_per_frame))
-    return {"psnr_db_mean": float(np.mean(values)), "psnr_db_min": float(np.min(values)), **summarize(scores)}
+        scores.append(score_clip(video.numpy(), expected=spec.attributes(), true_speed=spec.speed_px_per_frame,
+                                 temporal_factor=factor))
+        groups = group_jumps(video.numpy(), factor)
+        boundary.append(groups["boundary_mean"])
+        inside.append(groups["inside_mean"])
+    pooled = float(np.nanmean(boundary) / np.nanmean(inside)) if np.nanmean(inside) > 0 else None
+    return {"psnr_db_mean": float(np.mean(values)), "psnr_db_min": float(np.min(values)),
+            "pooled_group_jump_ratio": pooled, **summarize(scores)}
 
 
 def timing(weights: Path | None) -> dict:
@@ -202,10 +212,15 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
+def _ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _row(name: str, s: dict) -> str:
-    ratio = s.get("mean_jump_ratio")
+    ratio, group = s.get("mean_jump_ratio"), s.get("median_group_jump_ratio")
     return (f"| {name} | {s['clips']} | {_pct(s['colour_accuracy'])} | {_pct(s['direction_accuracy'])} | "
-            f"{_pct(s['visibility'])} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {_pct(s['shape_accuracy'])} |")
+            f"{_pct(s['visibility'])} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {_pct(s['shape_accuracy'])} | "
+            f"{_pct(s.get('stillness'))} | {'n/a' if group is None else f'{group:.2f}'} |")
 
 
 def quality_bars(results: dict) -> list[tuple[str, str, bool]]:
@@ -240,7 +255,8 @@ def write_model_card(folder: Path, results: dict) -> None:
         with safe_open(str(folder / name), "pt") as handle:
             params[name] = sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys())
     main = results["main"]
-    header = "| set | clips | colour | direction (4-way) | visible frames | mean jump / true speed | shape |\n|---|---|---|---|---|---|---|"
+    header = ("| set | clips | colour | direction (4-way, from the path) | visible frames | mean jump / true speed | shape "
+              "| still frame pairs | latent-group jump ratio (median) |\n|---|---|---|---|---|---|---|---|---|")
     rows = [_row(k, main[k]) for k in ("trained_sizes_seen", "trained_sizes_heldout", "square", "landscape", "portrait", "between")]
     rows += [_row(k, results[k]) for k in ("minimal_prompt_expanded", "minimal_prompt_not_expanded", "bounce", "fps_6", "fps_12", "heun_13_steps", "guidance_1", "long_window_16_latent_frames")]
     rows += [_row(f"size {k}", v) for k, v in results["other_sizes"].items()]
@@ -286,7 +302,8 @@ Frame-mask conditioning (64x64): first frame given: kept-frame PSNR {first['kept
 visible {_pct(first['visibility'])}; last frame given: PSNR {last['kept_frame_psnr_db_mean']:.1f} dB, direction {_pct(last['direction_accuracy'])}.
 
 VAE reconstruction: PSNR {vae['psnr_db_mean']:.1f} dB mean ({vae['psnr_db_min']:.1f} min), colour {_pct(vae['colour_accuracy'])},
-direction {_pct(vae['direction_accuracy'])}.
+direction {_pct(vae['direction_accuracy'])}, latent-group boundary/inside jump ratio {_ratio(vae.get('pooled_group_jump_ratio'))}
+(pooled; ~1 is smooth motion; full VAE figures: `bench/vae_eval.py`).
 
 Timing (2 CPU threads, fresh process): import {t['import_s']} s, load {t['load_s']} s, sample a 2-second 64x64 clip
 (25 steps, guidance) {t['sample_2s_clip_s']} s.

@@ -119,11 +119,13 @@ def serve_stack(home: Path, config: dict, num_cpus: int) -> Iterator:
     from tessera.serving.client import TesseraClient
 
     grpc_port = pick_free_port()
-    runner = StackRunner(home, config=config, grpc_port=grpc_port, s3_port=pick_free_port(avoid={grpc_port}), num_cpus=num_cpus)
+    http_port = pick_free_port(avoid={grpc_port})
+    runner = StackRunner(home, config=config, grpc_port=grpc_port, s3_port=pick_free_port(avoid={grpc_port, http_port}),
+                         num_cpus=num_cpus, http_port=http_port)
     try:
         started = time.monotonic()
         resolved = runner.start()
-        client = TesseraClient(f"127.0.0.1:{resolved.grpc.port}")
+        client = TesseraClient(f"127.0.0.1:{resolved.grpc.port}", home=home)  # the stack's key, from home/api_key
         client.wait_until_ready(timeout_s=300)
         print(f"stack ready in {time.monotonic() - started:.1f} s")
         yield client, resolved

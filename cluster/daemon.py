@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from tessera.cluster.s3_server import S3ServerError
-from tessera.cluster.stack import StackRunner, StackStartError
+from tessera.cluster.stack import StackRunner, StackStartError, http_base_url, wait_http_ready
+from tessera.serving.auth import key_file
 from tessera.serving.config import load_document
 
 logger = logging.getLogger("tessera.daemon")
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--s3-port", type=int)
+    parser.add_argument("--http-port", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     document = load_document(args.config) if args.config else None
-    runner = StackRunner(args.home, config=document, grpc_port=args.grpc_port, s3_port=args.s3_port)
+    runner = StackRunner(args.home, config=document, grpc_port=args.grpc_port, s3_port=args.s3_port, http_port=args.http_port)
     state_path = args.home / "stack.json"
     status_path = args.home / "serve_status.json"
     try:
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         from tessera.serving.client import TesseraClient
 
         address = f"{config.grpc.host}:{config.grpc.port}"
-        with TesseraClient(address) as client:
+        with TesseraClient(address, home=args.home) as client:
             client.wait_until_ready(timeout_s=300)
+        wait_http_ready(http_base_url(config), timeout_s=60)
         state = {
             "pid": os.getpid(),
             "grpc_address": address,
@@ -79,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             "bucket": config.storage.bucket,
             "config_path": str(config_path),
             "started_at": time.time(),
+            "http_base_url": http_base_url(config),
+            "auth": runner.auth_mode,
+            "api_key_file": str(key_file(args.home)) if runner.api_key else None,
+            "api_key_created": runner.api_key_created,
+            "listening": [item.as_dict() for item in runner.listening()],
         }
         state_path.write_text(json.dumps(state, indent=2))
-        logger.info("ready: gRPC %s, S3 %s", address, config.storage.endpoint_url)
+        logger.info("ready: gRPC %s, HTTP %s, S3 %s", address, http_base_url(config), config.storage.endpoint_url)
         while not stop.wait(5.0):
             try:
                 status_path.write_text(json.dumps(serve_status_snapshot(config.app_name), indent=2))

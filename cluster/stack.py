@@ -8,7 +8,12 @@ instance and the Tessera Serve application.
   ``down`` stops exactly what ``up`` started and nothing else on the machine.
 
 Everything lives under one home folder: ``s3/`` (objects), ``logs/``, ``tessera.yaml`` (the
-effective config), ``stack.json`` (addresses and pid while running).
+effective config), ``stack.json`` (addresses and pid while running), ``api_key`` (the default
+tenant's API key, mode 0600, made by the first start when the config names no keys).
+
+Secure by default: authentication is on (the stack makes its own key unless the config has
+``auth.api_keys`` or ``auth.enabled: false``), and every port listens on loopback only
+(``network.loopback_only``; see cluster/loopback.py for how, and the check that proves it).
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
+from tessera.cluster.loopback import (
+    SETUP_HOOK, Listener, describe, is_loopback, listening_sockets, not_on_loopback, ray_single_machine_mode,
+)
 from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server, pid_alive
+from tessera.serving.auth import hash_api_key, key_file, new_api_key
 from tessera.serving.config import TesseraConfig
 from tessera.serving.storage import StorageConfig
 
 DEFAULT_GRPC_PORT = 9000
+DEFAULT_HTTP_PORT = 9001
 DEFAULT_S3_PORT = 9010
 DEFAULT_BUCKET = "tessera"
 LOG_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -85,9 +95,56 @@ def pick_free_port(avoid: Collection[int] = (), candidates: Sequence[int] | None
     raise RuntimeError(f"no free port in {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} after {len(tried)} tries")
 
 
-def port_taken_message(port: int) -> str:
-    return (f"the gRPC port {port} is already in use on this machine; stop what holds it "
-            f"or choose another port (--grpc-port, or grpc.port in the config)")
+def port_taken_message(port: int, proxy: str = "grpc") -> str:
+    """``proxy``: "grpc" or "http", the Serve proxy whose port is taken."""
+    name = "gRPC" if proxy == "grpc" else "HTTP"
+    return (f"the {name} port {port} is already in use on this machine; stop what holds it "
+            f"or choose another port (--{proxy}-port, or {proxy}.port in the config)")
+
+
+def http_base_url(config: TesseraConfig) -> str:
+    """Where the OpenAI-compatible API answers (what ``OpenAI(base_url=...)`` takes)."""
+    return f"http://{config.http.host}:{config.http.port}/v1"
+
+
+def wait_http_ready(base_url: str, timeout_s: float) -> None:
+    """Until the HTTP proxy routes to the application (it learns the routes a moment after the
+    gRPC proxy may answer): its OpenAPI document needs no key."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=5):
+                return
+        except (urllib.error.URLError, OSError) as error:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the HTTP API at {base_url} did not answer in {timeout_s:.0f} s: {error}") from None
+        time.sleep(0.5)
+
+
+def ensure_api_key(home: Path) -> tuple[str, bool]:
+    """The stack's key for its default tenant, in ``home/api_key`` (mode 0600): the one there, or
+    a new one (created with that mode, never readable by others even for a moment). Returns
+    ``(key, created)``."""
+    path = key_file(home)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        key = path.read_text().strip()
+        if key:
+            return key, False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = new_api_key()
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    os.replace(partial, path)
+    return key, True
 
 
 @dataclasses.dataclass
@@ -100,6 +157,15 @@ class StackState:
     bucket: str
     config_path: str
     started_at: float
+    http_base_url: str | None = None
+    """The OpenAI-compatible API's base URL (None in a stack.json written before it existed)."""
+    auth: str | None = None
+    """'stack-key' (the default tenant's key in ``api_key_file``), 'config-keys' or 'off'."""
+    api_key_file: str | None = None
+    api_key_created: bool = False
+    """This start made the key (``tessera up`` prints it then, once)."""
+    listening: list[dict] | None = None
+    """Every listening socket of the stack's processes when it became ready (cluster/loopback.py)."""
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -119,22 +185,62 @@ class StackRunner:
         grpc_port: int | None = None,
         s3_port: int | None = None,
         num_cpus: int | None = None,
+        http_port: int | None = None,
     ):
         """``config`` is a Tessera config document (as loaded from YAML), possibly partial.
-        Without a ``storage`` section the embedded S3 server is started under ``home/s3``."""
+        Without a ``storage`` section the embedded S3 server is started under ``home/s3``.
+        ``grpc_port``/``http_port`` override the config's ports."""
         self.home = Path(home)
         self._document = dict(config or {})
         self._grpc_port = grpc_port
+        self._http_port = http_port
         self._s3_port = s3_port
         self._num_cpus = num_cpus or os.cpu_count() or 2
         self.s3: EmbeddedS3Server | None = None
         self.config: TesseraConfig | None = None
+        self.api_key: str | None = None
+        """The stack's own key (auth on and no keys in the config), else None."""
+        self.api_key_created = False
+        self._single_machine: ray_single_machine_mode | None = None
+
+    @property
+    def auth_mode(self) -> str:
+        if self.config is None or not self.config.auth.enabled:
+            return "off"
+        return "stack-key" if self.api_key else "config-keys"
+
+    def _add_stack_key(self, document: dict) -> None:
+        """Auth on and no key configured for the default tenant: it gets the stack's key (its hash
+        in the config; the key in ``home/api_key``). Keys of other tenants are kept as they are."""
+        auth = dict(document.get("auth") or {})
+        tenant = auth.get("default_tenant", "default")
+        keys = dict(auth.get("api_keys") or {})
+        if auth.get("enabled", True) is False or keys.get(tenant):
+            return
+        self.api_key, self.api_key_created = ensure_api_key(self.home)
+        document["auth"] = {**auth, "api_keys": {**keys, tenant: [hash_api_key(self.api_key)]}}
+
+    def port_roles(self) -> dict[int, str]:
+        roles = {}
+        if self.config is not None:
+            roles[self.config.grpc.port] = "gRPC API (Serve gRPC proxy)"
+            roles[self.config.http.port] = "HTTP API (Serve HTTP proxy)"
+        if self.s3 is not None:
+            try:
+                roles[self.s3.port] = "S3 (embedded server)"
+            except Exception:  # noqa: BLE001 - not started
+                pass
+        return roles
+
+    def listening(self) -> list[Listener]:
+        """Every listening socket of this process and its descendants (Ray's and the S3 server's)."""
+        return listening_sockets(roles=self.port_roles())
 
     def start(self, log: Callable[[str], None] = lambda _: None) -> TesseraConfig:
         import ray
         from ray import serve
 
-        from tessera.serving.app import build_app, grpc_options
+        from tessera.serving.app import ROUTE_PREFIX, build_app, grpc_options, http_options
 
         self.home.mkdir(parents=True, exist_ok=True)
         document = dict(self._document)
@@ -151,46 +257,82 @@ class StackRunner:
             document["storage"] = self._embedded_storage()
         if self._grpc_port is not None:
             document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
+        if self._http_port is not None:
+            document["http"] = {**document.get("http", {}), "port": self._http_port}
+        self._add_stack_key(document)
         config = TesseraConfig.model_validate(document)
         self.config = config
-        try:
-            taken = port_in_use(config.grpc.port)
-        except OSError as error:
-            raise StackStartError(f"cannot listen on the gRPC port {config.grpc.port}: {error.strerror}") from None
-        if taken:
-            raise StackStartError(port_taken_message(config.grpc.port))
+        if config.network.loopback_only:
+            for name, host in (("grpc.host", config.grpc.host), ("http.host", config.http.host)):
+                if not is_loopback(host):
+                    raise StackStartError(
+                        f"{name} is {host}, not a loopback address, but network.loopback_only is on (the embedded "
+                        f"stack's default): set {name}: 127.0.0.1, or network.loopback_only: false to listen beyond this machine"
+                    )
+        for proxy, port in (("grpc", config.grpc.port), ("http", config.http.port)):
+            try:
+                taken = port_in_use(port)
+            except OSError as error:
+                name = "gRPC" if proxy == "grpc" else "HTTP"
+                raise StackStartError(f"cannot listen on the {name} port {port}: {error.strerror}") from None
+            if taken:
+                raise StackStartError(port_taken_message(port, proxy))
 
-        log(f"starting Ray ({self._num_cpus} CPUs, no dashboard)")
+        loopback = config.network.loopback_only
+        log(f"starting Ray ({self._num_cpus} CPUs, no dashboard{', on 127.0.0.1 only' if loopback else ''})")
+        if loopback:
+            self._single_machine = ray_single_machine_mode().__enter__()
         ray.init(
             address="local",
             num_cpus=self._num_cpus,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            **({"runtime_env": {"worker_process_setup_hook": SETUP_HOOK}} if loopback else {}),
         )
+        if loopback and not is_loopback(ray.util.get_node_ip_address()):
+            raise StackStartError(
+                f"Ray started with node IP {ray.util.get_node_ip_address()}, not 127.0.0.1, so its ports listen beyond "
+                "loopback (cluster/loopback.py); set network.loopback_only: false to run this way"
+            )
         from tessera.serving.storage import ObjectStore
 
         ObjectStore(config.storage).ensure_bucket()
-        log(f"starting the Serve application (gRPC on port {config.grpc.port})")
+        log(f"starting the Serve application (gRPC on port {config.grpc.port}, HTTP on {http_base_url(config)})")
         try:
-            serve.start(grpc_options=grpc_options(config), http_options={"host": "127.0.0.1", "port": 0})
+            serve.start(grpc_options=grpc_options(config), http_options=http_options(config))
         except Exception as error:
             # Something took the port between the check above and Ray starting (seconds).
             if "Failed to bind to address" in str(error):
                 raise StackStartError(port_taken_message(config.grpc.port)) from None
             raise
-        serve.run(build_app(config), name=config.app_name, route_prefix=f"/{config.app_name}")
+        serve.run(build_app(config), name=config.app_name, route_prefix=ROUTE_PREFIX)
+        if loopback:
+            self.check_loopback()
         return config
+
+    def check_loopback(self) -> list[Listener]:
+        """The stack's listening sockets; StackStartError if one is not on loopback."""
+        listeners = self.listening()
+        outside = not_on_loopback(listeners)
+        if outside:
+            raise StackStartError(
+                f"refusing to run: network.loopback_only is on, but {describe(outside)} listen beyond loopback (Ray's "
+                "internals may have changed: see cluster/loopback.py); set network.loopback_only: false to run anyway"
+            )
+        return listeners
 
     def restart_app(self) -> None:
         """Tear down and redeploy the Serve application (the whole serving layer) on the same Ray."""
         from ray import serve
 
-        from tessera.serving.app import build_app, grpc_options
+        from tessera.serving.app import ROUTE_PREFIX, build_app, grpc_options, http_options
 
         serve.shutdown()
-        serve.start(grpc_options=grpc_options(self.config), http_options={"host": "127.0.0.1", "port": 0})
-        serve.run(build_app(self.config), name=self.config.app_name, route_prefix=f"/{self.config.app_name}")
+        serve.start(grpc_options=grpc_options(self.config), http_options=http_options(self.config))
+        serve.run(build_app(self.config), name=self.config.app_name, route_prefix=ROUTE_PREFIX)
+        if self.config.network.loopback_only:
+            self.check_loopback()  # the new proxy and replicas too
 
     def _embedded_storage(self) -> StorageConfig:
         s3 = self.s3
@@ -213,6 +355,9 @@ class StackRunner:
                 finally:
                     ray.shutdown()
         finally:
+            if self._single_machine is not None:
+                self._single_machine.__exit__(None, None, None)
+                self._single_machine = None
             if self.s3 is not None:
                 self.s3.stop()
 
@@ -220,11 +365,13 @@ class StackRunner:
 class EmbeddedStack:
     """The CLI's handle on a detached stack under ``home``."""
 
-    def __init__(self, home: Path, config_path: Path | None = None, grpc_port: int | None = None, s3_port: int | None = None):
+    def __init__(self, home: Path, config_path: Path | None = None, grpc_port: int | None = None, s3_port: int | None = None,
+                 http_port: int | None = None):
         self.home = Path(home)
         self.config_path = config_path
         self.grpc_port = grpc_port
         self.s3_port = s3_port
+        self.http_port = http_port
 
     @property
     def state_path(self) -> Path:
@@ -245,7 +392,7 @@ class EmbeddedStack:
         state = self.read_state()
         if state is not None:
             log(f"already running (pid {state.pid})")
-            return state
+            return dataclasses.replace(state, api_key_created=False)  # a key is printed only by the start that made it
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tessera.cluster.daemon", "--home", str(self.home)]
         if self.config_path:
@@ -254,6 +401,8 @@ class EmbeddedStack:
             command += ["--grpc-port", str(self.grpc_port)]
         if self.s3_port is not None:
             command += ["--s3-port", str(self.s3_port)]
+        if self.http_port is not None:
+            command += ["--http-port", str(self.http_port)]
         log(f"starting the stack (log: {self.log_path})")
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log_file:
@@ -297,20 +446,30 @@ class EmbeddedStack:
         state = self.read_state()
         if state is None:
             return {"running": False, "healthy": False}
-        report: dict = {"running": True, "pid": state.pid, "grpc": state.grpc_address, "s3": state.s3_endpoint,
-                        "bucket": state.bucket, "uptime_s": round(time.time() - state.started_at, 1)}
+        report: dict = {"running": True, "pid": state.pid, "grpc": state.grpc_address, "http": state.http_base_url,
+                        "s3": state.s3_endpoint, "bucket": state.bucket, "uptime_s": round(time.time() - state.started_at, 1)}
         serve_status = self.home / "serve_status.json"
         if serve_status.exists():
             report.update(json.loads(serve_status.read_text()))
-        from tessera.serving.client import TesseraClient
+        from tessera.serving.client import TesseraClient, TesseraError
 
-        with TesseraClient(state.grpc_address) as client:
+        report["auth"] = state.auth
+        listening = listening_sockets(state.pid, roles={item["port"]: item["role"] for item in state.listening or () if item["role"]})
+        report["listening"] = [item.endpoint + (f" {item.role}" if item.role else f" {item.process}") for item in listening]
+        outside = not_on_loopback(listening)
+        if outside:
+            report["not_on_loopback"] = [item.endpoint for item in outside]
+        with TesseraClient(state.grpc_address, home=self.home) as client:
             try:
                 client.wait_until_ready(timeout_s=5)
                 report["healthy"] = True
             except TimeoutError as error:
                 report["healthy"] = False
                 report["problem"] = str(error)
+            try:
+                report["health"] = client.health(timeout_s=5)
+            except TesseraError as error:
+                report["health"] = f"unknown ({error.code.name})"
         return report
 
     def _start_refusal(self, log_offset: int) -> str | None:

@@ -9,6 +9,8 @@ purpose=${1:-run}
 need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "$purpose" != run ] && ! command -v ffprobe >/dev/null 2>&1; then need_apt+=(ffmpeg); fi
+# headless chromium opens a batch's report.html in tests/integration/test_batches.py (tests only)
+if [ "$purpose" != run ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] installing system packages: ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

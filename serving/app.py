@@ -1,6 +1,6 @@
 """Build the Ray Serve application from a :class:`TesseraConfig`.
 
-    Gateway (gRPC ingress, stateless) ──► JobRunner (owns jobs by lease) ──► PromptExpander
+    Gateway (gRPC + HTTP ingress, stateless) ──► JobRunner (owns jobs by lease) ──► PromptExpander
                                                                         ├─► Denoiser (stateless step server, the GPU stage)
                                                                         └─► Decoder  (VAE decode + H.264 of time tiles)
 
@@ -17,10 +17,15 @@ from tessera.serving.config import TesseraConfig
 from tessera.serving.decoder import Decoder
 from tessera.serving.denoiser import Denoiser
 from tessera.serving.gateway import Gateway
+from tessera.serving.health import HEALTH_SERVICER
 from tessera.serving.job_runner import JobRunner
 from tessera.serving.prompt_expander import PromptExpander
 
 GRPC_SERVICER = "tessera.serving.api.servicer.add_VideoGenerationServicer_to_server"
+GRPC_SERVICERS = [GRPC_SERVICER, HEALTH_SERVICER]
+"""What Serve's gRPC proxy registers: the API and grpc.health.v1.Health (keep deploy/serve.yaml in step)."""
+ROUTE_PREFIX = "/"
+"""The application's HTTP route prefix: the OpenAI-compatible API is at ``http://HOST:PORT/v1``."""
 
 
 def build_app(config: TesseraConfig) -> serve.Application:
@@ -38,7 +43,12 @@ def build_app(config: TesseraConfig) -> serve.Application:
 
 
 def grpc_options(config: TesseraConfig) -> gRPCOptions:
-    return gRPCOptions(port=config.grpc.port, grpc_servicer_functions=[GRPC_SERVICER])
+    return gRPCOptions(port=config.grpc.port, grpc_servicer_functions=list(GRPC_SERVICERS))
+
+
+def http_options(config: TesseraConfig) -> dict:
+    """Serve's HTTP proxy options: the OpenAI-compatible API on ``config.http``."""
+    return {"host": config.http.host, "port": config.http.port}
 
 
 def build(args: dict) -> serve.Application:

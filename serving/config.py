@@ -126,7 +126,7 @@ class DeploymentsConfig(_Strict):
 
     gateway: DeploymentConfig = Field(
         DeploymentConfig(num_cpus=0.1, max_ongoing_requests=256, max_queued_requests=64),
-        description="gRPC ingress: stateless (auth, validation, job records, watch); any number of replicas.",
+        description="gRPC and HTTP ingress: stateless (auth, validation, job records, watch); any number of replicas.",
     )
     job_runner: DeploymentConfig = Field(
         DeploymentConfig(num_cpus=0.15, max_ongoing_requests=64, graceful_shutdown_timeout_s=60.0),
@@ -155,6 +155,26 @@ class GrpcConfig(_Strict):
 
     port: int = Field(9000, ge=1, le=65535, description="Port of the gRPC proxy on every node (insecure; see deploy/ for TLS).")
     host: str = Field("127.0.0.1", description="Address clients use to reach the proxy (printed by the CLI).")
+
+
+class HttpConfig(_Strict):
+    """Ray Serve's HTTP proxy, which serves the OpenAI-compatible videos API (``/v1/videos``)."""
+
+    port: int = Field(9001, ge=1, le=65535, description="Port of the HTTP proxy (the OpenAI-compatible API at /v1).")
+    host: str = Field(
+        "127.0.0.1", description="Address the HTTP proxy binds (the embedded stack: loopback only) and the CLI prints."
+    )
+    poll_after_ms: int = Field(
+        1000, ge=0, description="Sent as 'openai-poll-after-ms' with every video that has not ended: how long the "
+        "OpenAI SDK's poll helpers (create_and_poll, poll) wait before asking again. 0: no header (the SDK's 1 s)."
+    )
+    model_aliases: tuple[str, ...] = Field(
+        (), description="Other model names accepted as the deployed model in requests, e.g. ['sora-2'] so clients "
+        "that hard-code a model name work unchanged. Any other name is refused (400, param 'model')."
+    )
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, description="Longest silence on a /v1/videos/{id}/events stream before a keep-alive comment is sent."
+    )
 
 
 class LimitsConfig(_Strict):
@@ -282,25 +302,116 @@ class TilingConfig(_Strict):
         )
 
 
-class AuthConfig(_Strict):
-    """API keys. With no keys configured every caller is the `default_tenant`."""
+TENANT_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+KEY_HASH_PATTERN = r"sha256:[0-9a-f]{64}"
 
-    api_keys: dict[str, SecretStr] = Field(
+
+def _check_tenant(tenant: str) -> None:
+    import re
+
+    if not re.fullmatch(TENANT_PATTERN, tenant):
+        raise ValueError(f"tenant name {tenant!r} must match {TENANT_PATTERN} (it becomes an S3 key prefix)")
+
+
+class AuthConfig(_Strict):
+    """API keys and tenants. On by default: every call must carry a key of some tenant.
+
+    The config holds SHA-256 hashes of the keys, never the keys (see serving/auth.py for why
+    SHA-256 and not a slow password hash: keys are 256-bit random tokens)."""
+
+    enabled: bool = Field(
+        True, description="Require an API key on every call (gRPC metadata 'authorization: Bearer KEY' or "
+        "'x-api-key: KEY'; HTTP the same headers); a missing or unknown key gets UNAUTHENTICATED. With no keys "
+        "configured every call is refused. false: no keys, every caller is `default_tenant` (a trusted network only).",
+    )
+    api_keys: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,
-        description="Tenant name to API key. Callers send the key in the `x-api-key` metadata.",
+        description="Tenant name to the hashes of its API keys, each 'sha256:<64 hex digits>' (`tessera auth "
+        "new-key` makes a key and its hash; `tessera auth hash` hashes one). Several per tenant allow rotation. "
+        "The embedded stack (`tessera up`) adds a key of its own for `default_tenant` when none is configured.",
     )
     default_tenant: str = Field(
-        "default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Tenant of unauthenticated callers when no keys are configured."
+        "default", pattern=f"^{TENANT_PATTERN}$",
+        description="Tenant of every caller when auth is disabled, and the tenant of the embedded stack's own key.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_hash_is_a_list(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("api_keys"), dict):
+            data = {**data, "api_keys": {t: (h,) if isinstance(h, str) else h for t, h in data["api_keys"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _tenants_and_hashes(self) -> AuthConfig:
+        import re
+
+        seen: dict[str, str] = {}
+        for tenant, hashes in self.api_keys.items():
+            _check_tenant(tenant)
+            if not hashes:
+                raise ValueError(f"auth.api_keys.{tenant} has no key hash")
+            for value in hashes:
+                if not re.fullmatch(KEY_HASH_PATTERN, value):
+                    raise ValueError(
+                        f"auth.api_keys.{tenant}: expected a key hash 'sha256:<64 hex digits>', got a value of "
+                        f"{len(value)} characters; the config holds hashes, not keys (`tessera auth hash` prints one)"
+                    )
+                if seen.setdefault(value, tenant) != tenant:
+                    raise ValueError(f"one key hash is given to two tenants ({seen[value]} and {tenant})")
+        if not self.enabled and self.api_keys:
+            raise ValueError("auth.enabled is false but auth.api_keys are set: remove the keys or enable auth")
+        return self
+
+
+class TenantQuota(_Strict):
+    """Limits on one tenant's use, checked at submit (None: no limit)."""
+
+    max_concurrent_jobs: int | None = Field(
+        None, ge=0, description="Jobs of the tenant that have not ended (queued or running) at once."
+    )
+    max_queued_jobs: int | None = Field(
+        None, ge=0, description="Jobs of the tenant waiting to start (state QUEUED) at once."
+    )
+    max_video_seconds_per_hour: float | None = Field(
+        None, ge=0, description="Seconds of video the tenant may submit in any sliding hour (the new job included; "
+        "jobs that later fail or are cancelled still count, an image counts as one frame)."
+    )
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.max_concurrent_jobs, self.max_queued_jobs, self.max_video_seconds_per_hour))
+
+
+class QuotasConfig(_Strict):
+    """Per-tenant quotas, enforced by every gateway replica from the job records in S3 (serving/jobs/quotas.py).
+    Over quota, a submit gets RESOURCE_EXHAUSTED naming the quota."""
+
+    default: TenantQuota = Field(TenantQuota(), description="Quota of every tenant without an entry in `tenants`.")
+    tenants: dict[str, TenantQuota] = Field(
+        default_factory=dict, description="Tenant name to its own quota (replaces `default` for that tenant, whole)."
     )
 
     @model_validator(mode="after")
-    def _tenant_names(self) -> AuthConfig:
-        import re
-
-        for tenant in self.api_keys:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", tenant):
-                raise ValueError(f"tenant name {tenant!r} must match [a-z0-9][a-z0-9_-]{{0,62}} (it becomes an S3 key prefix)")
+    def _tenant_names(self) -> QuotasConfig:
+        for tenant in self.tenants:
+            _check_tenant(tenant)
         return self
+
+    def of(self, tenant: str) -> TenantQuota:
+        return self.tenants.get(tenant, self.default)
+
+
+class NetworkConfig(_Strict):
+    """Where the embedded stack (`tessera up`, cluster/stack.py) listens. Not used by `serve run` /
+    `serve deploy` onto a cluster, where Ray binds its ports and Serve's gRPC proxy on every interface."""
+
+    loopback_only: bool = Field(
+        True, description="Every port the embedded stack opens (gRPC, HTTP, S3, Ray's own) listens on 127.0.0.1 "
+        "only; after start the stack checks every listening socket of its processes and refuses to run if one is on "
+        "another interface. false: Ray's defaults (its ports and Serve's gRPC proxy on every interface), for a stack "
+        "other machines must reach; then firewall it or put a TLS proxy in front.",
+    )
 
 
 class HFExpansionConfig(_Strict):
@@ -395,6 +506,7 @@ class TesseraConfig(_Strict):
 
     app_name: str = Field("tessera", description="Ray Serve application name.")
     grpc: GrpcConfig = Field(GrpcConfig(), description="gRPC proxy settings.")
+    http: HttpConfig = Field(HttpConfig(), description="HTTP proxy settings (the OpenAI-compatible videos API).")
     storage: StorageConfig = Field(..., description="S3-compatible object store for outputs and job records.")
     model: ModelConfig = Field(ModelConfig(), description="Model family and weights, shared by every stage.")
     deployments: DeploymentsConfig = Field(DeploymentsConfig(), description="Resources and scaling per deployment.")
@@ -403,6 +515,8 @@ class TesseraConfig(_Strict):
     tiling: TilingConfig = Field(TilingConfig(), description="Time tiling of denoising and decoding.")
     video: VideoEncodingConfig = Field(VideoEncodingConfig(), description="H.264 encoding.")
     auth: AuthConfig = Field(AuthConfig(), description="API keys and tenants.")
+    quotas: QuotasConfig = Field(QuotasConfig(), description="Per-tenant quotas.")
+    network: NetworkConfig = Field(NetworkConfig(), description="Where the embedded stack listens.")
     expansion: ExpansionConfig = Field(ExpansionConfig(), description="Prompt expansion backend.")
 
     @classmethod

@@ -40,6 +40,10 @@ class ResourceExhaustedError(TesseraError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class InputTooLargeError(ResourceExhaustedError):
+    """An input above a size limit: RESOURCE_EXHAUSTED over gRPC, 413 over HTTP (retrying cannot help)."""
+
+
 class PermissionDeniedError(TesseraError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -1,9 +1,16 @@
-"""Gateway: the gRPC ingress deployment (``tessera.v1.VideoGeneration`` behind Ray Serve's proxy).
+"""Gateway: the ingress deployment, for gRPC (``tessera.v1.VideoGeneration`` behind Ray Serve's
+gRPC proxy) and HTTP (the OpenAI-compatible ``/v1/videos`` API behind Serve's HTTP proxy).
 
 Thin and stateless, so any number of replicas can run: authenticate, convert messages, and
 submit, get, watch, list or cancel jobs through their records in S3 (:class:`JobFront`). It
 runs no job and holds no tensor. Every failure is mapped to a gRPC status with a specific
 message: Ray Serve would report an unhandled exception as INTERNAL with a Ray traceback.
+
+One deployment serves both protocols, so the Serve application stays single (with several,
+gRPC callers would have to send an ``application`` metadata): ``@serve.ingress()`` makes it the
+FastAPI ingress of the HTTP proxy, built per replica by ``__serve_build_asgi_app__`` over the
+same JobFront (:mod:`tessera.serving.http.openai_videos`), while the gRPC proxy keeps calling
+its methods by name.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from tessera.models.registry import load_model
 from tessera.serving.api import tessera_pb2 as pb
 from tessera.serving.api.convert import job_to_proto, progress_to_proto, request_from_proto, state_from_proto
 from tessera.serving.auth import Authenticator
+from tessera.serving.batches.grpc_api import BatchRPCs
 from tessera.serving.config import TesseraConfig
 from tessera.serving.errors import InvalidRequestError, TesseraError
+from tessera.serving.health import add_healthz_route, check as health_check, watch as health_watch
+from tessera.serving.http.openai_videos import VideosAPI, create_app
 from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.records import JobState, is_job_id
 from tessera.serving.jobs.submission import JobFront, NoCapacityError
@@ -49,7 +59,8 @@ class _StreamFailed(Exception):
 
 
 @serve.deployment
-class Gateway:
+@serve.ingress()  # the HTTP app is built on each replica, after __init__: see __serve_build_asgi_app__
+class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, RetryBatch: serving/batches/
     def __init__(self, config: TesseraConfig, job_runner):
         logging.basicConfig(level=logging.INFO)
         self.config = config
@@ -60,8 +71,24 @@ class Gateway:
         self.jobs = JobFront(config, model, self.store, offer=lambda tenant, job_id: job_runner.offer.remote(tenant, job_id),
                              offer_attempts=attempts)
 
+    def __serve_build_asgi_app__(self):
+        """The OpenAI-compatible HTTP API over this replica's job front, keys and store."""
+        app = create_app()
+        app.state.videos = VideosAPI(self.config, self.jobs, self.auth, self.store)
+        add_healthz_route(app)  # GET /healthz: the same meaning as grpc.health.v1.Health (serving/health.py)
+        return app
+
     def _tenant(self, grpc_context) -> str:
         return self.auth.tenant(dict(grpc_context.invocation_metadata()))
+
+    # grpc.health.v1.Health: Serve's proxy routes /grpc.health.v1.Health/Check and /Watch here by
+    # method name. No API key: a health check says only whether every stage has a running replica.
+    async def Check(self, request, grpc_context):
+        return await health_check(request, grpc_context)
+
+    async def Watch(self, request, grpc_context):
+        async for answer in health_watch(request):
+            yield answer
 
     async def SubmitJob(self, request: pb.GenerateRequest, grpc_context) -> pb.Job:
         try:

@@ -37,7 +37,9 @@ class LocalTessera:
             DecoderEngine(config.model, config.video, d.decoder.threads),
         )
         model = load_model(config.model, parts=())
-        self.engine = JobEngine(config, model, stages, self.store, replica_id="local")
+        # The engine and the front get a store (an S3 client) each, as a JobRunner and a Gateway do.
+        self.engine_store = ObjectStore(config.storage)
+        self.engine = JobEngine(config, model, stages, self.engine_store, replica_id="local")
         self.front = JobFront(config, model, self.store, offer=self.engine.offer, offer_attempts=1)
 
     async def start(self) -> None:

@@ -6,9 +6,16 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tessera.cluster.s3_server import EmbeddedS3Config, EmbeddedS3Server
 from tessera.serving.storage import ObjectStore, StorageConfig
+
+# --- property tests: a few hundred cases by default, thousands with --hypothesis-profile=thorough ---
+_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=_HEALTH)
+settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=_HEALTH)
+settings.load_profile("ci")
 
 # --- storage: one real embedded S3 server per test session ---------------------------------------
 

@@ -9,7 +9,7 @@ unless a weights folder is given). A trained checkpoint stores its full config i
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tessera.models.interface import LatentGeometry, ModelLimits
 
@@ -31,6 +31,19 @@ class VAEConfig(BaseModel):
     )
     blocks_per_stage: int = Field(2, ge=1, description="Residual blocks per stage (the first one mixes time).")
     time_kernel: int = Field(3, ge=1, description="Temporal kernel of the time-mixing convolutions (causal).")
+    full_rate_encoder_stages: int = Field(
+        0,
+        ge=0,
+        description="Encoder stages (from the first, highest-resolution one) that run at the pixel frame rate "
+        "before time is folded into channels; 0 (v1): folded at the input.",
+    )
+    full_rate_decoder_stages: int = Field(
+        0,
+        ge=0,
+        description="Decoder stages (from the last, highest-resolution one) that run at the pixel frame rate after "
+        "time is unfolded from channels; 0 (v1): each latent frame's pixel frames come out of the output "
+        "convolution as channels.",
+    )
     latent_mean: tuple[float, ...] | None = Field(
         None, description="Per-channel mean of the latents over training data (set by training; None: 0)."
     )
@@ -42,10 +55,23 @@ class VAEConfig(BaseModel):
     def spatial_factor(self) -> int:
         return self.patch_size * 2 ** (len(self.channels) - 1)
 
+    @model_validator(mode="after")
+    def _check_full_rate_stages(self) -> "VAEConfig":
+        for name in ("full_rate_encoder_stages", "full_rate_decoder_stages"):
+            if getattr(self, name) > len(self.channels) - 1:
+                raise ValueError(f"{name} must be at most {len(self.channels) - 1} (stages - 1), got {getattr(self, name)}")
+        return self
+
     @property
     def decoder_context_frames(self) -> int:
-        """Latent frames of temporal receptive field of the decoder (one time-mixing block per stage)."""
-        return (self.time_kernel - 1) * len(self.channels)
+        """Latent frames of temporal receptive field of the decoder (one time-mixing block per stage).
+
+        A latent-rate stage looks ``time_kernel - 1`` latent frames back; the full-rate stages
+        together look ``(time_kernel - 1) * full_rate_decoder_stages`` pixel frames back, which
+        from a group's first pixel frame reaches that many groups back, rounded up."""
+        back = self.time_kernel - 1
+        latent_rate = len(self.channels) - self.full_rate_decoder_stages
+        return back * latent_rate + -(-back * self.full_rate_decoder_stages // self.temporal_factor)
 
 
 class DiTConfig(BaseModel):
@@ -144,6 +170,14 @@ VARIANTS: dict[str, NativeConfig] = {
         vae=VAEConfig(latent_channels=8),
         dit=DiTConfig(hidden_size=160, depth=5, num_heads=4),
         sampler=SamplerConfig(shift=3.0),  # matches the training noise levels (train_dit --sigma-shift)
+    ),
+    # v2 candidate (models/train/README_v2.md): the VAE decoder's last stage runs at the pixel
+    # frame rate so objects keep moving inside latent groups; same latent shape as tiny.
+    "tiny-v2": NativeConfig(
+        name="tiny-v2",
+        vae=VAEConfig(latent_channels=8, full_rate_decoder_stages=1),
+        dit=DiTConfig(hidden_size=160, depth=5, num_heads=4),
+        sampler=SamplerConfig(shift=3.0),
     ),
     # Realistic sizes for GPU benchmarks; no shipped weights.
     "1b": NativeConfig(

@@ -21,7 +21,7 @@ def image_latent(model: VideoModel, image: torch.Tensor, *, first: bool) -> torc
     """
     if first:
         return model.encode_video(image[None])[:, 0]
-    repeated = image[None].expand(1 + model.geometry.temporal_factor, -1, -1, -1)
+    repeated = image[None].expand(model.geometry.pixel_frames(2), -1, -1, -1)
     return model.encode_video(repeated)[:, 1]
 
 

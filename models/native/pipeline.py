@@ -273,8 +273,7 @@ class NativeVideoModel(VideoModel):
         for index, item in enumerate(items):
             latents = out[index].cpu().to(item.latents.dtype)
             if item.frames is not None:
-                given = item.frames.mask.bool()
-                latents[:, given] = item.frames.latents[:, given].to(latents.dtype)
+                latents = item.frames.apply(latents)
             results.append(latents)
         return results
 
@@ -285,11 +284,11 @@ class NativeVideoModel(VideoModel):
         frames = torch.as_tensor(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
-        s, f = self.native.vae.spatial_factor, self.native.vae.temporal_factor
+        s = self.native.vae.spatial_factor
         if frames.shape[1] % s or frames.shape[2] % s:
             raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be a multiple of {s}")
         # Pad to 1 + f*k frames by repeating the last frame (the extra latent tail is harmless).
-        missing = (-(frames.shape[0] - 1)) % f
+        missing = self.geometry.time_grid.ceil_start(frames.shape[0]) - frames.shape[0]
         if missing:
             frames = torch.cat([frames, frames[-1:].expand(missing, -1, -1, -1)])
         x = frames.permute(3, 0, 1, 2)[None].to(self.device, self.dtype) / 127.5 - 1.0  # (1, 3, T, H, W)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tessera.models.interface import keep_given
+
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 """``(x (B, C, T, H, W), sigma) -> velocity`` (guidance already applied)."""
 
@@ -50,8 +52,7 @@ def keep_known(x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor |
     """Overwrite given frames with their clean latents. ``mask`` is ``(B, T)`` in {0, 1}."""
     if mask is None or known is None:
         return x
-    frame_mask = mask.bool()[:, None, :, None, None]  # (B, 1, T, 1, 1)
-    return torch.where(frame_mask, known, x)
+    return keep_given(x, known, mask)
 
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:

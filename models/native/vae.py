@@ -16,6 +16,21 @@ Space: the input is folded ``patch_size`` x ``patch_size`` into channels before 
 (cheap at high resolution, exact for sharp edges), then each further stage halves height and
 width with a 2x2 space-to-depth. Normalisation is a per-position RMS norm over channels, so no
 statistic mixes frames (causality) or spatial tiles.
+
+Where time is folded (v1 vs v2). v1 (``full_rate_*_stages = 0``) folds each group's ``f`` pixel
+frames into channels at the very input and unfolds them from the output convolution: the
+decoder's last stage holds a whole group (``f`` frames of a ``p`` x ``p`` patch, ``3*f*p*p`` = 192
+values) in one ``channels[0]`` = 64-wide feature, and one linear 3x3 conv writes all ``f`` frames
+from it. The frames of a group are near copies, so that bottleneck keeps their mean and squeezes
+their differences: the object moves too little inside a group and catches up with a jump at
+the next one (boundary/inside centroid jump ratio 4 to 5 on rendered clips,
+``bench/vae_eval.py``). v2 (``full_rate_decoder_stages = 1``, variant ``tiny-v2``) unfolds time
+at the decoder's last upsample instead, then gives every pixel frame its own features, causal
+temporal convolutions across neighbouring frames (also across the group boundary) and an output
+convolution per frame. ``full_rate_encoder_stages = 1`` does the same on the encoder side (time
+folded at its first downsample, after one full-rate stage); measured no better, twice the
+training cost, so v2 leaves it at 0. The latent (its shape, causality, first-frame-alone grid)
+is unchanged either way; see ``models/train/README_v2.md``.
 """
 
 from __future__ import annotations
@@ -88,10 +103,22 @@ def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, c, t, h * factor, w * factor)
 
 
+def pad_first_frame(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, 1 + f*k, H, W) -> (B, C, f*(k+1), H, W): the first frame repeated to fill its group."""
+    first = x[:, :, :1].expand(-1, -1, factor - 1, -1, -1)
+    return torch.cat([first, x], dim=2)
+
+
+def fold_groups(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, f*T', H, W) -> (B, C*f, T', H, W): each group of ``f`` frames into channels."""
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t // factor, factor, h, w).permute(0, 1, 3, 2, 4, 5)  # (B, C, f, T', H, W)
+    return x.reshape(b, c * factor, t // factor, h, w)
+
+
 def fold_time(x: torch.Tensor, factor: int) -> torch.Tensor:
     """(B, C, 1 + f*k, H, W) -> (B, C*f, 1 + k, H, W), the first frame repeated to fill its group."""
-    first = x[:, :, :1].expand(-1, -1, factor - 1, -1, -1)
-    x = torch.cat([first, x], dim=2)  # (B, C, f*(k+1), H, W)
+    x = pad_first_frame(x, factor)  # (B, C, f*(k+1), H, W)
     b, c, t, h, w = x.shape
     x = x.reshape(b, c, t // factor, factor, h, w).permute(0, 1, 3, 2, 4, 5)  # (B, C, f, T', H, W)
     return x.reshape(b, c * factor, t // factor, h, w)
@@ -106,17 +133,22 @@ def unfold_time(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
+    """Pixels to posterior moments. The first ``full_rate_encoder_stages`` stages run on every
+    pixel frame (v2); time is folded into channels before the next stage's downsample (v1: at
+    the input)."""
+
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        folded = 3 * config.temporal_factor * config.patch_size**2
+        f, full = config.temporal_factor, config.full_rate_encoder_stages
         channels = config.channels
-        self.conv_in = CausalConv3d(folded, channels[0], (1, 3, 3))
+        self.conv_in = CausalConv3d(3 * (1 if full else f) * config.patch_size**2, channels[0], (1, 3, 3))
         self.stages = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for index, width in enumerate(channels):
             if index > 0:
-                self.downsamples.append(CausalConv3d(channels[index - 1] * 4, width, (1, 1, 1)))
+                folded = f if index == full else 1  # time joins the channels at this downsample
+                self.downsamples.append(CausalConv3d(channels[index - 1] * 4 * folded, width, (1, 1, 1)))
             blocks = [
                 ResBlock(width, config.time_kernel if block == 0 else 1) for block in range(config.blocks_per_stage)
             ]
@@ -125,44 +157,61 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(channels[-1], 2 * config.latent_channels, (1, 3, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 1 + f*k, H, W)
-        x = fold_time(x, self.config.temporal_factor)  # (B, 3f, 1 + k, H, W)
-        x = space_to_depth(x, self.config.patch_size)  # (B, 3f*p*p, 1 + k, H/p, W/p)
+        f, full = self.config.temporal_factor, self.config.full_rate_encoder_stages
+        if full:
+            x = pad_first_frame(x, f)  # (B, 3, f*(1 + k), H, W): full frame rate
+        else:
+            x = fold_time(x, f)  # (B, 3f, 1 + k, H, W)
+        x = space_to_depth(x, self.config.patch_size)  # (B, 3[f]*p*p, T, H/p, W/p)
         x = self.conv_in(x)
         for index, stage in enumerate(self.stages):
             if index > 0:
+                if index == full:
+                    x = fold_groups(x, f)  # (B, C*f, 1 + k, H', W'): latent frame rate from here
                 x = self.downsamples[index - 1](space_to_depth(x, 2))
             x = stage(x)
         return self.conv_out(F.silu(self.norm_out(x)))  # (B, 2C, 1 + k, H/s, W/s)
 
 
 class Decoder(nn.Module):
+    """Latents to pixel frames. The last ``full_rate_decoder_stages`` stages run on every pixel
+    frame (v2): time is unfolded from channels at the upsample before them (v1: at the output)."""
+
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
+        f, full = config.temporal_factor, config.full_rate_decoder_stages
         channels = config.channels[::-1]
+        self.unfold_at = len(channels) - full if full else None  # stage index whose upsample unfolds time
         self.conv_in = CausalConv3d(config.latent_channels, channels[0], (1, 3, 3))
         self.stages = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for index, width in enumerate(channels):
             if index > 0:
-                self.upsamples.append(CausalConv3d(channels[index - 1], width * 4, (1, 1, 1)))
+                unfolded = f if index == self.unfold_at else 1
+                self.upsamples.append(CausalConv3d(channels[index - 1], width * 4 * unfolded, (1, 1, 1)))
             blocks = [
                 ResBlock(width, config.time_kernel if block == 0 else 1) for block in range(config.blocks_per_stage)
             ]
             self.stages.append(nn.Sequential(*blocks))
-        folded = 3 * config.temporal_factor * config.patch_size**2
         self.norm_out = ChannelRMSNorm(channels[-1])
-        self.conv_out = CausalConv3d(channels[-1], folded, (1, 3, 3))
+        self.conv_out = CausalConv3d(channels[-1], 3 * (1 if full else f) * config.patch_size**2, (1, 3, 3))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, C, T', H', W')
+        f = self.config.temporal_factor
         x = self.conv_in(z)
         for index, stage in enumerate(self.stages):
             if index > 0:
-                x = depth_to_space(self.upsamples[index - 1](x), 2)
+                x = self.upsamples[index - 1](x)
+                if index == self.unfold_at:
+                    x = unfold_time(x, f)  # (B, 4*width, f*T', H', W'): pixel frame rate from here
+                x = depth_to_space(x, 2)
             x = stage(x)
-        x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 3f*p*p, T', H/p, W/p)
-        x = depth_to_space(x, self.config.patch_size)  # (B, 3f, T', H, W)
-        return unfold_time(x, self.config.temporal_factor)  # (B, 3, f*T', H, W), first f-1 frames are padding
+        x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 3[f]*p*p, T, H/p, W/p)
+        x = depth_to_space(x, self.config.patch_size)  # (B, 3[f], T, H, W)
+        if self.unfold_at is None:
+            x = unfold_time(x, f)  # (B, 3, f*T', H, W)
+        return x  # (B, 3, f*T', H, W), first f-1 frames are padding
 
 
 class VideoVAE(nn.Module):

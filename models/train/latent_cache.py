@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tessera.models.interface import TimeGrid
+
 from tessera.models.native.text_encoder import TextEncoder
 from tessera.models.native.vae import VideoVAE
 from tessera.models.shapes.captions import all_attribute_tuples, training_captions
@@ -99,7 +101,7 @@ def build_latent_buckets(
     vae: VideoVAE, seed: int, clips: int, latent_frames: int, batch_size: int = 16, log=print
 ) -> list[LatentBucket]:
     """Render ``clips`` training-split clips spread over the training sizes and encode them."""
-    geometry_frames = 1 + vae.config.temporal_factor * (latent_frames - 1)
+    geometry_frames = TimeGrid(vae.config.temporal_factor).pixel_frames(latent_frames)
     buckets = []
     per_bucket = [clips // len(TRAIN_SIZES)] * len(TRAIN_SIZES)
     started = time.monotonic()

@@ -50,6 +50,11 @@ METHODS: dict[str, tuple[type, type, bool]] = {
     "WatchJob": (pb.WatchJobRequest, pb.GenerateEvent, True),
     "CancelJob": (pb.CancelJobRequest, pb.Job, False),
     "ListJobs": (pb.ListJobsRequest, pb.ListJobsResponse, False),
+    "SubmitBatch": (pb.SubmitBatchRequest, pb.Batch, False),
+    "GetBatch": (pb.GetBatchRequest, pb.Batch, False),
+    "ListBatches": (pb.ListBatchesRequest, pb.ListBatchesResponse, False),
+    "CancelBatch": (pb.CancelBatchRequest, pb.Batch, False),
+    "RetryBatch": (pb.RetryBatchRequest, pb.Batch, False),
 }
 
 
@@ -124,10 +129,10 @@ def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler._replace(unary_unary=_guard_unary(handler.unary_unary))
 
 
-def method_handlers(servicer) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(servicer, methods: dict[str, tuple[type, type, bool]] = METHODS) -> dict[str, grpc.RpcMethodHandler]:
     """The service's handlers, with deserializers that never raise."""
     handlers = {}
-    for name, (request_type, response_type, streaming) in METHODS.items():
+    for name, (request_type, response_type, streaming) in methods.items():
         factory = grpc.unary_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         handlers[name] = factory(
             getattr(servicer, name),
@@ -139,7 +144,13 @@ def method_handlers(servicer) -> dict[str, grpc.RpcMethodHandler]:
 
 def add_VideoGenerationServicer_to_server(servicer, server) -> None:  # noqa: N802 - the generated function's name
     """Register ``tessera.v1.VideoGeneration``; drop-in for the generated function of this name."""
-    generic = grpc.method_handlers_generic_handler(SERVICE, method_handlers(servicer))
+    add_guarded_service(server, SERVICE, method_handlers(servicer))
+
+
+def add_guarded_service(server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """Register ``service`` (its handlers from :func:`method_handlers`) so that undecodable
+    requests are answered INVALID_ARGUMENT in the proxy, as described above."""
+    generic = grpc.method_handlers_generic_handler(service, handlers)
     # Ray's gRPCGenericServer swaps in its own behaviours here, in place, in generic._method_handlers.
     server.add_generic_rpc_handlers((generic,))
     # Then guard whatever behaviours the server ended up with (Ray's, or the servicer's own).

@@ -295,3 +295,180 @@ class ListJobsResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SubmitBatchRequest(_message.Message):
+    __slots__ = ("name", "content", "file_uri", "filename", "concurrency", "priority", "output_prefix", "skip_invalid", "max_attempts", "files")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    FILE_URI_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SKIP_INVALID_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    content: bytes
+    file_uri: str
+    filename: str
+    concurrency: int
+    priority: int
+    output_prefix: str
+    skip_invalid: bool
+    max_attempts: int
+    files: _containers.ScalarMap[str, bytes]
+    def __init__(self, name: _Optional[str] = ..., content: _Optional[bytes] = ..., file_uri: _Optional[str] = ..., filename: _Optional[str] = ..., concurrency: _Optional[int] = ..., priority: _Optional[int] = ..., output_prefix: _Optional[str] = ..., skip_invalid: _Optional[bool] = ..., max_attempts: _Optional[int] = ..., files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class BatchItem(_message.Message):
+    __slots__ = ("line", "id", "state", "attempt", "job_id", "error", "fraction", "video_uri", "video_url", "poster_uri", "poster_url", "video_seconds", "seed", "image_uri")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_URI_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_URL_FIELD_NUMBER: _ClassVar[int]
+    POSTER_URI_FIELD_NUMBER: _ClassVar[int]
+    POSTER_URL_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
+    line: int
+    id: str
+    state: str
+    attempt: int
+    job_id: str
+    error: str
+    fraction: float
+    video_uri: str
+    video_url: str
+    poster_uri: str
+    poster_url: str
+    video_seconds: float
+    seed: int
+    image_uri: str
+    def __init__(self, line: _Optional[int] = ..., id: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., job_id: _Optional[str] = ..., error: _Optional[str] = ..., fraction: _Optional[float] = ..., video_uri: _Optional[str] = ..., video_url: _Optional[str] = ..., poster_uri: _Optional[str] = ..., poster_url: _Optional[str] = ..., video_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., image_uri: _Optional[str] = ...) -> None: ...
+
+class InvalidBatchLine(_message.Message):
+    __slots__ = ("line", "id", "error")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    line: int
+    id: str
+    error: str
+    def __init__(self, line: _Optional[int] = ..., id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class BatchCounts(_message.Message):
+    __slots__ = ("total", "pending", "queued", "running", "succeeded", "failed", "cancelled", "invalid", "video_seconds", "eta_s")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    pending: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    invalid: int
+    video_seconds: float
+    eta_s: float
+    def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., invalid: _Optional[int] = ..., video_seconds: _Optional[float] = ..., eta_s: _Optional[float] = ...) -> None: ...
+
+class BatchReport(_message.Message):
+    __slots__ = ("report_jsonl_uri", "report_jsonl_url", "summary_uri", "summary_url", "contact_sheet_uri", "contact_sheet_url", "html_uri", "html_url")
+    REPORT_JSONL_URI_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSONL_URL_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_URI_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_URL_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_SHEET_URI_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_SHEET_URL_FIELD_NUMBER: _ClassVar[int]
+    HTML_URI_FIELD_NUMBER: _ClassVar[int]
+    HTML_URL_FIELD_NUMBER: _ClassVar[int]
+    report_jsonl_uri: str
+    report_jsonl_url: str
+    summary_uri: str
+    summary_url: str
+    contact_sheet_uri: str
+    contact_sheet_url: str
+    html_uri: str
+    html_url: str
+    def __init__(self, report_jsonl_uri: _Optional[str] = ..., report_jsonl_url: _Optional[str] = ..., summary_uri: _Optional[str] = ..., summary_url: _Optional[str] = ..., contact_sheet_uri: _Optional[str] = ..., contact_sheet_url: _Optional[str] = ..., html_uri: _Optional[str] = ..., html_url: _Optional[str] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("name", "state", "counts", "items", "invalid_lines", "concurrency", "priority", "max_attempts", "output_prefix_uri", "report", "created_at", "wall_time_s", "created", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INVALID_LINES_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PREFIX_URI_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    counts: BatchCounts
+    items: _containers.RepeatedCompositeFieldContainer[BatchItem]
+    invalid_lines: _containers.RepeatedCompositeFieldContainer[InvalidBatchLine]
+    concurrency: int
+    priority: int
+    max_attempts: int
+    output_prefix_uri: str
+    report: BatchReport
+    created_at: _timestamp_pb2.Timestamp
+    wall_time_s: float
+    created: bool
+    source: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., counts: _Optional[_Union[BatchCounts, _Mapping]] = ..., items: _Optional[_Iterable[_Union[BatchItem, _Mapping]]] = ..., invalid_lines: _Optional[_Iterable[_Union[InvalidBatchLine, _Mapping]]] = ..., concurrency: _Optional[int] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., output_prefix_uri: _Optional[str] = ..., report: _Optional[_Union[BatchReport, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wall_time_s: _Optional[float] = ..., created: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class GetBatchRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListBatchesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBatchesResponse(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[Batch]
+    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ...) -> None: ...
+
+class CancelBatchRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RetryBatchRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

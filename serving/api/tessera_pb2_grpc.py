@@ -64,6 +64,31 @@ class VideoGenerationStub:
                 request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/tessera.v1.VideoGeneration/SubmitBatch',
+                request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+                _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/tessera.v1.VideoGeneration/GetBatch',
+                request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+                _registered_method=True)
+        self.ListBatches = channel.unary_unary(
+                '/tessera.v1.VideoGeneration/ListBatches',
+                request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesResponse.FromString,
+                _registered_method=True)
+        self.CancelBatch = channel.unary_unary(
+                '/tessera.v1.VideoGeneration/CancelBatch',
+                request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.CancelBatchRequest.SerializeToString,
+                response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+                _registered_method=True)
+        self.RetryBatch = channel.unary_unary(
+                '/tessera.v1.VideoGeneration/RetryBatch',
+                request_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.RetryBatchRequest.SerializeToString,
+                response_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+                _registered_method=True)
 
 
 class VideoGenerationServicer:
@@ -113,6 +138,45 @@ class VideoGenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """Batches: a JSONL or CSV file of requests rendered on the cluster by a detached driver,
+        exactly once per item, at batch priority, at most `concurrency` jobs at a time, with a
+        report in S3. The whole file is validated first: bad lines are INVALID_ARGUMENT naming
+        each line (`line 3: prompt is empty ...`) unless skip_invalid. Submitting the same file
+        under the same name again resumes the batch (nothing is rendered twice); another file
+        under a used name is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """The batch's counts, items and report (a driver that died is started again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatches(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelBatch(self, request, context):
+        """Running items stop at their next step group, queued ones never start; waits for the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryBatch(self, request, context):
+        """Renders the failed items again (a new attempt, a new job, each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VideoGenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +209,31 @@ def add_VideoGenerationServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsRequest.FromString,
                     response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.GetBatchRequest.FromString,
+                    response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.SerializeToString,
+            ),
+            'ListBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatches,
+                    request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesRequest.FromString,
+                    response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'CancelBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelBatch,
+                    request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.CancelBatchRequest.FromString,
+                    response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.SerializeToString,
+            ),
+            'RetryBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryBatch,
+                    request_deserializer=tessera_dot_serving_dot_api_dot_tessera__pb2.RetryBatchRequest.FromString,
+                    response_serializer=tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +398,141 @@ class VideoGeneration:
             '/tessera.v1.VideoGeneration/ListJobs',
             tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsRequest.SerializeToString,
             tessera_dot_serving_dot_api_dot_tessera__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.VideoGeneration/SubmitBatch',
+            tessera_dot_serving_dot_api_dot_tessera__pb2.SubmitBatchRequest.SerializeToString,
+            tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.VideoGeneration/GetBatch',
+            tessera_dot_serving_dot_api_dot_tessera__pb2.GetBatchRequest.SerializeToString,
+            tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.VideoGeneration/ListBatches',
+            tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesRequest.SerializeToString,
+            tessera_dot_serving_dot_api_dot_tessera__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.VideoGeneration/CancelBatch',
+            tessera_dot_serving_dot_api_dot_tessera__pb2.CancelBatchRequest.SerializeToString,
+            tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.VideoGeneration/RetryBatch',
+            tessera_dot_serving_dot_api_dot_tessera__pb2.RetryBatchRequest.SerializeToString,
+            tessera_dot_serving_dot_api_dot_tessera__pb2.Batch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,8 @@ class JobEngine:
         self._waiting: list[tuple[int, float, str]] = []  # (-priority, created_at, job_id)
         self._wakeup = asyncio.Event()
         self._expiry = ExpiryWatch()
+        self._leased_elsewhere: dict[str, float] = {}
+        """Jobs another replica held when last read, and their TTL: scans HEAD these instead of reading them."""
         self._tasks: list[asyncio.Task] = []
         self.draining = False
         self.stats = {"claimed": 0, "taken_over": 0, "resumed": 0, "leases_lost": 0, "handed_over": 0, "checkpoints": 0}
@@ -182,16 +184,32 @@ class JobEngine:
                 await self.scan()
             except StorageError as error:
                 self._expiry.reset()
+                self._leased_elsewhere.clear()
                 logger.warning("job scan failed: %s", error)
 
     async def scan(self) -> int:
-        """Claim unowned jobs and jobs whose lease expired, best first, while there is room."""
+        """Claim unowned jobs and jobs whose lease expired, best first, while there is room.
+
+        Costs one LIST of the active markers (per 1000 jobs), a HEAD per job another replica holds
+        and a GET per job nobody holds (or whose record stopped changing)."""
         if self.draining:
             return 0
         candidates: list[tuple[JobRecord, str]] = []
-        for tenant, job_id in await asyncio.to_thread(self.store.active):
+        active = await asyncio.to_thread(self.store.active)
+        for job_id in set(self._leased_elsewhere) - {job_id for _, job_id in active}:
+            self._leased_elsewhere.pop(job_id, None)
+            self._expiry.forget(job_id)
+        for tenant, job_id in active:
             if job_id in self._held:
                 continue
+            ttl = self._leased_elsewhere.get(job_id)
+            if ttl is not None:  # held elsewhere when last read: its etag (a HEAD) says whether it is renewed
+                try:
+                    info = await asyncio.to_thread(self.objects.head, JobStore.record_key(tenant, job_id))
+                except ObjectNotFoundError:
+                    continue
+                if not self._expiry.expired(job_id, info.etag, ttl):
+                    continue
             try:
                 record, etag = await asyncio.to_thread(self.store.read, tenant, job_id)
             except TesseraError:  # the record is gone: a stale marker
@@ -200,6 +218,10 @@ class JobEngine:
             if record.state.terminal:
                 await asyncio.to_thread(self.store.unmark_active, tenant, job_id)
                 continue
+            if record.lease is not None:
+                self._leased_elsewhere[job_id] = record.lease.ttl_s
+            else:
+                self._leased_elsewhere.pop(job_id, None)
             if claimable(record, etag, self._expiry, self.jobs.claim_grace_s):
                 candidates.append((record, etag))
         claimed = 0

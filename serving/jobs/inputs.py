@@ -15,10 +15,10 @@ import hashlib
 
 from tessera.serving.config import LimitsConfig
 from tessera.serving.errors import (
+    InputTooLargeError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
-    ResourceExhaustedError,
     describe_value,
 )
 from tessera.serving.jobs.records import PREFIX
@@ -106,7 +106,7 @@ class InputCollector:
             elif media.data is not None:
                 data = media.data
                 if len(data) > self.limits.max_inline_input_bytes:
-                    raise ResourceExhaustedError(
+                    raise InputTooLargeError(
                         f"{name} is {len(data)} bytes inline; the limit is {self.limits.max_inline_input_bytes} bytes: "
                         f"upload it to the bucket under your prefix and give its s3:// URI instead"
                     )
@@ -125,7 +125,7 @@ class InputCollector:
         try:
             size = self.store.head(key).size
             if size > self.limits.max_input_bytes:
-                raise ResourceExhaustedError(f"{name}.uri {shown} is {size} bytes; inputs may be at most {self.limits.max_input_bytes} bytes")
+                raise InputTooLargeError(f"{name}.uri {shown} is {size} bytes; inputs may be at most {self.limits.max_input_bytes} bytes")
             return self.store.get_bytes(key)
         except ObjectNotFoundError:
             raise NotFoundError(f"{name}.uri {shown}: no such object") from None

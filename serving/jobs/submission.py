@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tessera.models.interface import VideoModel
 from tessera.serving.config import TesseraConfig
-from tessera.serving.errors import FailedPreconditionError, ResourceExhaustedError
-from tessera.serving.jobs.inputs import InputCollector, delete_inputs
+from tessera.serving.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from tessera.serving.jobs.inputs import InputCollector, delete_inputs, input_prefix
 from tessera.serving.jobs.layout import plan_job
 from tessera.serving.jobs.outputs import DECODE_SHARE, DENOISE_SHARE, EXPAND_SHARE, OutputKeys
-from tessera.serving.jobs.records import JobRecord, JobState, JobStore, Progress, Stage, new_job_id
+from tessera.serving.jobs.quotas import QuotaExceededError, QuotaGuard, video_ms
+from tessera.serving.jobs.records import PREFIX, JobRecord, JobState, JobStore, Progress, Stage, new_job_id
 from tessera.serving.jobs.spec import GenerationRequest
 from tessera.serving.jobs.validation import check_request, resolve_request
 from tessera.serving.storage import ConditionFailedError, ObjectStore, StorageError
 
 logger = logging.getLogger(__name__)
+
+QUOTA_ATTEMPTS = 4
+"""Tries of a submit that racing submits of its tenant pushed over a quota (serving/jobs/quotas.py)."""
 
 Offer = Callable[[str, str], Awaitable[bool]]
 """Offer a new job (tenant, job id) to a JobRunner replica; True when some replica holds it."""
@@ -52,7 +57,7 @@ class JobEvent:
 def segment_progress(latest: Progress, index: int, keys: OutputKeys) -> Progress:
     """The progress as it stood when segment ``index`` was announced (it was seen only later)."""
     return latest.model_copy(update={
-        "segments_done": index + 1, "segment_key": keys.segment(index),
+        "stage": Stage.DECODING, "step": latest.total_steps, "segments_done": index + 1, "segment_key": keys.segment(index),
         "fraction": EXPAND_SHARE + DENOISE_SHARE + DECODE_SHARE * (index + 1) / max(1, latest.total_segments),
     })
 
@@ -68,6 +73,7 @@ class JobFront:
         self._offer = offer
         self._offer_attempts = offer_attempts
         self._probes = asyncio.Semaphore(config.jobs.max_concurrent_probes)
+        self.quotas = QuotaGuard(config.quotas, store)
 
     @property
     def model_name(self) -> str:
@@ -79,6 +85,9 @@ class JobFront:
         existing = await asyncio.to_thread(self.store.find_idempotent, tenant, request)
         if existing is not None:
             return await self.get(tenant, existing)
+        quota_limited = self.quotas.quota(tenant).limited
+        if quota_limited:  # a tenant at its job quota is refused before any work
+            await asyncio.to_thread(self.quotas.precheck_jobs, tenant)
         # Media inputs are read and probed first, so validation knows what they hold.
         async with self._probes:
             collected = await asyncio.to_thread(self.inputs.collect, tenant, request)
@@ -90,10 +99,12 @@ class JobFront:
             job_id=new_job_id(now), tenant=tenant, request=request.without_data(), spec=spec, created_at=now,
             updated_at=now, model=self.model_name, priority=spec.priority,
         )
+        if quota_limited:
+            await asyncio.to_thread(self.quotas.precheck_seconds, tenant, video_ms(record))
         if collected:  # kept beside the record, before the record exists, so any replica finds them
             await asyncio.to_thread(self.inputs.save, tenant, record.job_id, collected)
         try:
-            job_id, etag = await asyncio.to_thread(self.store.create, record)
+            job_id, etag = await self._create(record)
         except BaseException:  # cancellation included: a record that was never written leaves no inputs behind
             if collected:
                 await asyncio.shield(asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id))
@@ -108,6 +119,41 @@ class JobFront:
             )
         return record
 
+    async def _create(self, record: JobRecord) -> tuple[str, str]:
+        """``store.create``, and for a tenant with quotas the race guard of serving/jobs/quotas.py:
+        count again with the job written, withdraw it if over. Submits racing at the limit can all
+        see each other and back off, so a refused one tries again after a random pause, as long as
+        a fresh count (without it) still leaves room; then the refusal stands."""
+        limited = self.quotas.quota(record.tenant).limited
+        attempts = QUOTA_ATTEMPTS if limited else 1
+        for attempt in range(attempts):
+            job_id, etag = await asyncio.to_thread(self.store.create, record)
+            if job_id != record.job_id or not limited:
+                return job_id, etag
+            try:
+                await self._enforce_quota(record, etag)
+                return job_id, etag
+            except QuotaExceededError:
+                if attempt == attempts - 1:
+                    raise
+            await asyncio.sleep(random.uniform(0.02, 0.1) * 2**attempt)
+            await asyncio.to_thread(self.quotas.precheck_jobs, record.tenant)  # the others got in: refused for good
+            await asyncio.to_thread(self.quotas.precheck_seconds, record.tenant, video_ms(record))
+        raise AssertionError("unreachable")
+
+    async def _enforce_quota(self, record: JobRecord, etag: str) -> None:
+        """Count the tenant's use again with the new job written; over a quota, withdraw the job
+        (record, markers) and raise QuotaExceededError. A job claimed meanwhile stands."""
+        try:
+            await asyncio.to_thread(self.quotas.record, record)
+            await asyncio.to_thread(self.quotas.recheck, record)
+        except QuotaExceededError:
+            if not await asyncio.to_thread(self.store.withdraw, record, etag):
+                logger.warning("job %s was claimed before its quota recheck; it stands", record.job_id)
+                return
+            await asyncio.to_thread(self.quotas.release, record)
+            raise
+
     async def _admit(self, record: JobRecord, etag: str) -> bool:
         for _ in range(self._offer_attempts):
             try:
@@ -117,6 +163,8 @@ class JobFront:
                 logger.warning("offering job %s failed: %s", record.job_id, type(error).__name__)
                 return True  # the record is durable and active: a scan claims it
         withdrawn = await asyncio.to_thread(self.store.withdraw, record, etag)
+        if withdrawn:
+            await asyncio.to_thread(self.quotas.release, record)
         if withdrawn and record.spec.inputs:
             await asyncio.to_thread(delete_inputs, self.objects, record.tenant, record.job_id)
         return not withdrawn
@@ -126,6 +174,61 @@ class JobFront:
 
     async def list(self, tenant: str, page_size: int, page_token: str, state: JobState | None):
         return await asyncio.to_thread(self.store.list, tenant, page_size, page_token, state)
+
+    async def page(self, tenant: str, limit: int, after: str = "", oldest_first: bool = False) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs that come after job ``after`` ('' from the start) in the order asked
+        for, and whether more follow. Newest first is one listing from the cursor on; oldest first
+        lists the tenant's record keys to the end (S3 lists only forwards), then reads one page."""
+        if not oldest_first:
+            records, token = await self.list(tenant, limit, after, None)
+            return records, bool(token)
+        return await asyncio.to_thread(self._page_oldest_first, tenant, limit, after)
+
+    def _page_oldest_first(self, tenant: str, limit: int, after: str) -> tuple[list[JobRecord], bool]:
+        prefix = f"{PREFIX}/jobs/{tenant}/"
+        ids = [key[len(prefix) : -len(".json")] for key in self.objects.iter_keys(prefix) if key.endswith(".json")]
+        if after:  # ids sort newest first: what follows `after` oldest-first is newer, i.e. sorts before it
+            ids = [job_id for job_id in ids if job_id < after]
+        ids.reverse()
+        records: list[JobRecord] = []
+        for index, job_id in enumerate(ids):
+            try:
+                records.append(self.store.get(tenant, job_id))
+            except NotFoundError:
+                continue  # deleted between list and get
+            if len(records) == limit:
+                return records, index + 1 < len(ids)
+        return records, False
+
+    async def delete(self, tenant: str, job_id: str) -> JobRecord:
+        """Remove a job for good: a job that has not ended is cancelled first (and must have stopped
+        within ``cancel_wait_s``, else FAILED_PRECONDITION: retry), then every object under its
+        ``{tenant}/{job_id}/`` prefix, its leftovers under ``_tessera/``, its idempotency key, and
+        last its record (so a delete cut short can be repeated). Returns the record as it was."""
+        record = await self.get(tenant, job_id)
+        if not record.state.terminal:
+            try:
+                record = await self.cancel(tenant, job_id)
+            except FailedPreconditionError:  # it ended meanwhile
+                record = await self.get(tenant, job_id)
+            if not record.state.terminal:
+                raise FailedPreconditionError(f"job {job_id} is still stopping after its cancel; retry the delete shortly")
+        await asyncio.to_thread(self._delete_objects, record)
+        return record
+
+    def _delete_objects(self, record: JobRecord) -> None:
+        tenant, job_id = record.tenant, record.job_id
+        prefixes = (
+            OutputKeys.final(tenant, job_id).root + "/", input_prefix(tenant, job_id),
+            JobStore.checkpoint_prefix(tenant, job_id), JobStore.staging_prefix(tenant, job_id),
+        )
+        for prefix in prefixes:
+            for key in list(self.objects.iter_keys(prefix)):
+                self.objects.delete(key)
+        if record.request.idempotency_key:
+            self.objects.delete(JobStore._idempotency_key(tenant, record.request.idempotency_key))
+        self.store.unmark_active(tenant, job_id)
+        self.objects.delete(JobStore.record_key(tenant, job_id))
 
     async def watch(self, tenant: str, job_id: str) -> AsyncIterator[JobEvent]:
         """Progress events of a job from now on (read from its record), ending with its final record.
@@ -137,8 +240,11 @@ class JobFront:
         announced = record.progress.segments_done
         while not record.state.terminal:
             progress = record.progress
-            for index in range(announced, progress.segments_done - 1):
-                yield JobEvent(job_id, progress=segment_progress(progress, index, OutputKeys.final(tenant, job_id)))
+            keys = OutputKeys.final(tenant, job_id)
+            # The latest segment is announced by the progress itself when it names it.
+            named = progress.segments_done > 0 and progress.segment_key == keys.segment(progress.segments_done - 1)
+            for index in range(announced, progress.segments_done - 1 if named else progress.segments_done):
+                yield JobEvent(job_id, progress=segment_progress(progress, index, keys))
             announced = max(announced, progress.segments_done)
             if progress != last:
                 last = progress

@@ -69,6 +69,12 @@ def cleaned(stack, job_id: str) -> None:
     wait_for(lambda: not any(keys_under(stack, prefix) for prefix in prefixes), 60, "the clean-up after the end")
 
 
+def outcome(fault: str, job: pb.Job, **facts) -> None:
+    """One line per fault for the README's table (run with -s to see them)."""
+    details = ", ".join(f"{k}={v}" for k, v in facts.items())
+    print(f"\nFAULT | {fault} | {pb.JobState.Name(job.state)} in {job.timings.total_s:.1f} s | {details}", flush=True)
+
+
 def kill_one(deployment: str) -> int:
     [pid, *_] = replica_pids(deployment)
     os.kill(pid, signal.SIGKILL)
@@ -80,8 +86,9 @@ def test_denoiser_killed_mid_job(stack, tmp_path):
     wait_for(lambda: record_of(stack, job.job_id).progress.step >= 3, 120, "denoising to start")
     killed = kill_one("Denoiser")
     done = stack.client.wait(job.job_id, timeout_s=300)
-    assert_one_whole_video(stack, done, tmp_path)
+    manifest = assert_one_whole_video(stack, done, tmp_path)
     assert killed not in replica_pids("Denoiser")
+    outcome("Denoiser replica killed at step 3", done, videos=1, attempts=manifest["attempts"])
 
 
 def test_decoder_killed_mid_job(stack, tmp_path):
@@ -89,7 +96,8 @@ def test_decoder_killed_mid_job(stack, tmp_path):
     wait_for(lambda: record_of(stack, job.job_id).progress.segments_done >= 1, 180, "the first decoded tile")
     kill_one("Decoder")
     done = stack.client.wait(job.job_id, timeout_s=300)
-    assert_one_whole_video(stack, done, tmp_path)
+    manifest = assert_one_whole_video(stack, done, tmp_path)
+    outcome("Decoder replica killed after the first tile", done, videos=1, attempts=manifest["attempts"])
 
 
 def test_job_runner_killed_mid_job_is_taken_over_from_its_checkpoint(stack, tmp_path):
@@ -99,11 +107,14 @@ def test_job_runner_killed_mid_job_is_taken_over_from_its_checkpoint(stack, tmp_
     killed_at = time.monotonic()
     taken = wait_for(lambda: (r := record_of(stack, job.job_id)).lease and r.lease.token > record.lease.token and r, 60,
                      "a takeover")
-    assert time.monotonic() - killed_at < 3 * stack.config.jobs.lease_ttl_s
+    took = time.monotonic() - killed_at
+    assert took < 3 * stack.config.jobs.lease_ttl_s
     done = stack.client.wait(job.job_id, timeout_s=300)
     manifest = assert_one_whole_video(stack, done, tmp_path)
     assert manifest["takeovers"] >= 1 and manifest["lease_token"] >= taken.lease.token
     assert manifest["resumed_from_step_groups"] >= record.checkpoint.groups_done > 0, "resumed, not restarted"
+    outcome("JobRunner replica killed (SIGKILL) mid-job", done, videos=1, taken_over_after_s=round(took, 1),
+            resumed_from_step_group=manifest["resumed_from_step_groups"], of_step_groups=done.progress.total_steps)
 
 
 def test_paused_job_runner_writes_nothing_after_losing_its_lease(stack, tmp_path):
@@ -122,6 +133,8 @@ def test_paused_job_runner_writes_nothing_after_losing_its_lease(stack, tmp_path
     time.sleep(stack.config.jobs.heartbeat_s * 3)  # the resumed holder finds its lease gone and cleans up
     assert keys_under(stack, JobStore.staging_prefix(TENANT, job.job_id)) == []
     assert record_of(stack, job.job_id).state.value == "SUCCEEDED"
+    outcome("JobRunner paused (SIGSTOP) past its lease, resumed after the takeover", done, videos=1,
+            old_token=old_token, outputs_token=manifest["lease_token"])
 
 
 def test_gateway_killed_while_watching(stack, tmp_path):
@@ -135,7 +148,8 @@ def test_gateway_killed_while_watching(stack, tmp_path):
             pass
     # Serve replaces the gateways; the client reconnects and follows the job to its end.
     done = wait_for(lambda: _rewatch(stack, job.job_id), 240, "a watch to succeed again", every_s=1.0)
-    assert_one_whole_video(stack, done, tmp_path)
+    manifest = assert_one_whole_video(stack, done, tmp_path)
+    outcome("every Gateway replica killed during WatchJob; client re-watched", done, videos=1, attempts=manifest["attempts"])
 
 
 def _rewatch(stack, job_id: str) -> pb.Job | None:
@@ -155,6 +169,7 @@ def test_storage_outage_shorter_than_the_budget_is_ridden_out(stack, tmp_path):
     stack.runner.s3.start()
     done = stack.client.wait(job.job_id, timeout_s=300)
     assert_one_whole_video(stack, done, tmp_path)
+    outcome("S3 server stopped for 5 s while decoding", done, videos=1)
 
 
 def test_storage_outage_longer_than_the_budget_fails_cleanly(stack):
@@ -170,6 +185,8 @@ def test_storage_outage_longer_than_the_budget_fails_cleanly(stack):
     cleaned(stack, job.job_id)
     assert keys_under(stack, f"{TENANT}/{job.job_id}/") == [], "no video without its manifest, nothing at all"
     assert pending_uploads(stack, f"_tessera/staging/{TENANT}/{job.job_id}/") == []
+    outcome(f"S3 server stopped for {stack.config.jobs.storage_retry_s + 6:.0f} s (budget {stack.config.jobs.storage_retry_s:.0f} s)",
+            caught.value.job, code=caught.value.code.name, objects_left=0, uploads_left=0)
 
 
 def test_cancel_a_running_long_job(stack):
@@ -198,6 +215,7 @@ def test_client_disconnecting_mid_generate_leaves_the_job_running(stack, tmp_pat
     assert_one_whole_video(stack, done, tmp_path)
     logs = _serve_logs("Gateway")
     assert "unexpected error" not in logs and "CancelledError" not in logs
+    outcome("client cancelled its Generate call after the first event", done, videos=1, unexpected_errors_logged=0)
 
 
 def _serve_logs(deployment: str) -> str:
@@ -218,18 +236,20 @@ def test_redeploy_while_two_jobs_run(stack, tmp_path):
     handed over at a step group and finished by the new replicas, each once."""
     from ray import serve
 
-    from tessera.serving.app import build_app
+    from tessera.serving.app import ROUTE_PREFIX, build_app
 
     jobs = [stack.client.submit("a blue square moving up", duration_s=4, steps=40, seed=40 + i) for i in range(2)]
     for job in jobs:
         wait_for(lambda job=job: record_of(stack, job.job_id).progress.step >= 2, 180, "both jobs denoising")
     changed = stack.config.model_copy(update={"jobs": stack.config.jobs.model_copy(update={"max_queued_jobs": 5})})
-    serve.run(build_app(changed), name=changed.app_name, route_prefix=f"/{changed.app_name}", blocking=False)
+    serve.run(build_app(changed), name=changed.app_name, route_prefix=ROUTE_PREFIX, blocking=False)
     try:
         for job in jobs:
             done = stack.client.wait(job.job_id, timeout_s=400)
             manifest = assert_one_whole_video(stack, done, tmp_path)
             assert manifest["attempts"] >= 1
+            outcome("serve deploy of a changed config with two jobs running", done, videos=1,
+                    attempts=manifest["attempts"], resumed_from_step_group=manifest["resumed_from_step_groups"])
     finally:
-        serve.run(build_app(stack.config), name=stack.config.app_name, route_prefix=f"/{stack.config.app_name}")
+        serve.run(build_app(stack.config), name=stack.config.app_name, route_prefix=ROUTE_PREFIX)
         stack.client.wait_until_ready(timeout_s=300)

@@ -34,3 +34,16 @@ def test_vae_then_dit_smoke_runs_resume_and_export(tmp_path):
     assert json.loads((weights / "training.json").read_text())["dit"]["steps"] == 4
     latents = model.encode_video(torch.zeros(5, 32, 32, 3, dtype=torch.uint8))
     assert model.decode_latents(latents).shape == (5, 32, 32, 3)
+
+
+def test_vae_v2_smoke_resumes_with_its_own_architecture(tmp_path):
+    run = tmp_path / "vae_v2"
+    train_vae.main(["--out", str(run), "--smoke", "--full-rate-decoder-stages", "1", "--temporal-loss-weight", "2",
+                    "--boundary-loss-weight", "1"])
+    config = json.loads((run / "vae_config.json").read_text())
+    assert config["full_rate_decoder_stages"] == 1
+    # --resume without the override: the checkpoint's architecture, not the variant's, is rebuilt.
+    train_vae.main(["--out", str(run), "--smoke", "--resume"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r.get("event") for r in log].count("resume") == 1
+    assert any("boundary" in r for r in log)

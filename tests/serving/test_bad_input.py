@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-import os
 import random
 from unittest.mock import Mock
 
@@ -20,7 +19,7 @@ import av
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tessera.models import ModelConfig
@@ -40,9 +39,7 @@ from tessera.serving.media import MediaError, probe_media
 from tessera.serving.storage import ObjectStore, StorageConfig, StorageError
 from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
-settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("TESSERA_HYPOTHESIS_PROFILE", "ci"))
+# Hypothesis profiles ("ci", the default, and "thorough": --hypothesis-profile=thorough) are in tests/conftest.py.
 
 TENANT = "default"
 MAX_MESSAGE = 1000
@@ -491,6 +488,7 @@ def test_servicer_module_on_a_plain_grpc_server():
             yield pb.GenerateEvent(job_id=request.job_id)
 
         Generate = SubmitJob = CancelJob = ListJobs = GetJob  # noqa: N815
+        SubmitBatch = GetBatch = ListBatches = CancelBatch = RetryBatch = GetJob  # noqa: N815
 
     async def main():
         server = grpc.aio.server()

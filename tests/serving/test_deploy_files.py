@@ -20,8 +20,15 @@ def test_serve_config_points_at_real_code_and_a_valid_config():
     for function in serve_config["grpc_options"]["grpc_servicer_functions"]:
         module, _, name = function.rpartition(".")
         assert callable(getattr(importlib.import_module(module), name))
+    from tessera.serving.app import GRPC_SERVICERS
+
+    assert serve_config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS, "the API and its health service"
     config = TesseraConfig.from_file(DEPLOY.parent / app["args"]["config"])
     assert config.grpc.port == serve_config["grpc_options"]["port"]
+    assert config.http.port == serve_config["http_options"]["port"]
+    from tessera.serving.app import ROUTE_PREFIX
+
+    assert app["route_prefix"] == ROUTE_PREFIX
     assert config.app_name == app["name"]
 
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tessera.serving.api import generate
-from tessera.serving.auth import Authenticator
+from tessera.serving.auth import Authenticator, hash_api_key
 from tessera.serving.config import AuthConfig, AutoscalingConfig, DeploymentConfig, TesseraConfig
 from tessera.serving.errors import UnauthenticatedError
 from tessera.serving.jobs.records import JOB_ID_LENGTH, is_job_id, new_job_id, request_digest
@@ -46,13 +46,15 @@ def test_config_is_strict():
 
 
 def test_config_round_trips_through_yaml(tmp_path):
-    config = TesseraConfig(storage=STORAGE, auth={"api_keys": {"acme": "secret-key"}})
+    config = TesseraConfig(storage={**STORAGE, "secret_access_key": "s3-secret"},
+                           auth={"api_keys": {"acme": hash_api_key("secret-key")}})
     path = tmp_path / "tessera.yaml"
     path.write_text(config.to_yaml())
     again = TesseraConfig.from_file(path)
     assert again == config
-    assert again.auth.api_keys["acme"].get_secret_value() == "secret-key"
-    assert "secret-key" not in repr(again)
+    assert again.auth.api_keys["acme"] == (hash_api_key("secret-key"),)
+    assert "secret-key" not in path.read_text(), "configs hold key hashes, never keys"
+    assert "s3-secret" not in repr(again)
     with pytest.raises(ValueError, match="does not exist"):
         TesseraConfig.from_file(tmp_path / "missing.yaml")
 
@@ -67,9 +69,9 @@ def test_serve_options_follow_the_config():
 
 
 def test_api_keys_decide_the_tenant():
-    open_door = Authenticator(AuthConfig())
+    open_door = Authenticator(AuthConfig(enabled=False))
     assert not open_door.required and open_door.tenant({}) == "default"
-    keyed = Authenticator(AuthConfig(api_keys={"acme": "k-acme", "globex": "k-globex"}))
+    keyed = Authenticator(AuthConfig(api_keys={"acme": hash_api_key("k-acme"), "globex": hash_api_key("k-globex")}))
     assert keyed.tenant({"x-api-key": "k-globex"}) == "globex"
     with pytest.raises(UnauthenticatedError, match="missing API key"):
         keyed.tenant({})
