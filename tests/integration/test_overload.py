@@ -30,13 +30,15 @@ def test_a_full_cluster_refuses_at_once_with_a_retry_hint_and_finishes_what_it_a
         results = list(pool.map(submit, range(1000, 1000 + capacity + 6)))
     admitted = [job for job, _, _ in results if job is not None]
     refused = [(error, seconds) for _, error, seconds in results if error is not None]
-    assert refused, f"{len(results)} submits for a capacity of {capacity}: some must be refused"
-    assert len(admitted) <= capacity
-    for error, seconds in refused:
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-        assert "full" in error.details() and "Traceback" not in error.details()
-        hint = dict(error.trailing_metadata() or ())
-        assert int(hint["grpc-retry-pushback-ms"]) == jobs.retry_pushback_ms
-        assert seconds < 10, "refused at once, not after waiting for room"
-    for job in admitted:
-        assert stack.client.wait(job.job_id, timeout_s=600).state == pb.SUCCEEDED
+    try:
+        # (a job that ends during the burst frees its place, so more than `capacity` may be admitted overall)
+        assert refused, f"{len(results)} submits for a capacity of {capacity}: some must be refused"
+        for error, seconds in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            assert "full" in error.details() and "Traceback" not in error.details()
+            hint = dict(error.trailing_metadata() or ())
+            assert int(hint["grpc-retry-pushback-ms"]) == jobs.retry_pushback_ms
+            assert seconds < 10, "refused at once, not after waiting for room"
+    finally:  # every admitted job completes (and the next tests find the runners free again)
+        for job in admitted:
+            assert stack.client.wait(job.job_id, timeout_s=600).state == pb.SUCCEEDED
