@@ -201,6 +201,8 @@ def test_cancel_a_running_long_job(stack):
     cleaned(stack, job.job_id)
     assert keys_under(stack, f"{TENANT}/{job.job_id}/") == []
     assert pending_uploads(stack, f"_tessera/staging/{TENANT}/{job.job_id}/") == []
+    outcome("CancelJob on a running 20 s job", cancelled, steps_after_cancel=final.progress.step - step_at_cancel,
+            objects_left=0, uploads_left=0)
     # its replicas are free again: the next job runs at once
     assert stack.client.generate("a red circle moving left", duration_s=0.5, steps=2).state == pb.SUCCEEDED
 
