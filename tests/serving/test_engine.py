@@ -95,7 +95,8 @@ def test_a_job_runs_to_one_whole_video(config, stages, object_store):
         who = tenant()
         record = await jobs.submit(who, request())
         done = await finish(jobs, who, record.job_id)
-        await wait_for(lambda: not list(object_store.iter_keys(f"_tessera/staging/{who}/")), 10, "the clean-up after the end")
+        await wait_for(lambda: not list(object_store.iter_keys(f"_tessera/staging/{who}/"))
+                       and not list(object_store.iter_keys(f"_tessera/checkpoints/{who}/")), 10, "the clean-up after the end")
         await one.stop()
         return who, done
 
