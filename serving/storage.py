@@ -530,7 +530,7 @@ class ObjectStore:
                 response = self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=dest_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **extra,
                 )
-        except BaseException:
+        except Exception:  # aborted, then re-raised
             try:
                 with self._errors("abort multipart copy to", dest_key):
                     self._client.abort_multipart_upload(Bucket=self.bucket, Key=dest_key, UploadId=upload_id)

@@ -217,7 +217,7 @@ class OutputWriter:
                 ))
             await retry_storage(muxer.close, budget_s=self.storage_budget_s, what="uploading the video")
             await retry_storage(writer.close, budget_s=self.storage_budget_s, what="completing the video upload")
-        except BaseException:  # cancellation included: no decode call or upload may outlive the job
+        except (Exception, asyncio.CancelledError):  # cancellation included, then re-raised: no decode call or upload may outlive the job
             for task in pending:
                 task.cancel()
             try:

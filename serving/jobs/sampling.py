@@ -208,7 +208,7 @@ async def gather_or_cancel(coroutines) -> list:
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
         return await asyncio.gather(*tasks)
-    except BaseException:  # cancellation included: the sibling calls must not outlive this one
+    except (Exception, asyncio.CancelledError):  # cancellation included, then re-raised: the sibling calls must not outlive this one
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -105,7 +105,7 @@ class JobFront:
             await asyncio.to_thread(self.inputs.save, tenant, record.job_id, collected)
         try:
             job_id, etag = await self._create(record)
-        except BaseException:  # cancellation included: a record that was never written leaves no inputs behind
+        except (Exception, asyncio.CancelledError):  # cancellation included, then re-raised: a record that was never written leaves no inputs behind
             if collected:
                 await asyncio.shield(asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id))
             raise
