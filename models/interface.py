@@ -290,7 +290,23 @@ class VideoModel(abc.ABC):
 
         Returns the new latents ``(C, T, H, W)`` of each item, in order. Given frames
         (``work.frames``) come back exactly as given.
+
+        Items may come from different jobs: each has its own noise levels and guidance scale.
+        Items with equal :meth:`batch_key` and the same number of noise levels run as one
+        batched forward per sampler step (the Denoiser's step batcher relies on this), and each
+        item's result equals its result alone up to the floating-point effects of batching.
         """
+
+    def batch_key(self, work: DenoiseWork) -> tuple:
+        """Items with equal keys can share one batched forward: same latent shape, sampler, and
+        whether classifier-free guidance runs (it doubles the batch). Needs no weights."""
+        guided = work.negative_text is not None and work.guidance_scale != 1.0
+        return (tuple(work.latents.shape), work.sampler, guided)
+
+    def max_batch_items(self, work: DenoiseWork) -> int | None:
+        """How many items with ``work``'s batch key fit in one forward on this replica (the
+        family's memory model); None: no bound of the model's own (the config's limit applies)."""
+        return None
 
     # -- video autoencoder (part "vae") ------------------------------------------------
     @abc.abstractmethod
