@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_tiny import full_prompt, specs_for  # noqa: E402
 from harness import machine, plot, write_results  # noqa: E402
 
-from tessera.models import ModelConfig, load_model  # noqa: E402
+from tessera.models import NativeModelConfig, load_model  # noqa: E402
 from tessera.models.interface import DenoiseWork, frame_noise  # noqa: E402
 from tessera.models.native.pipeline import pad_tokens  # noqa: E402
 from tessera.models.native.sampler import flow_sigmas  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = load_model(ModelConfig(weights_dir=args.weights, torch_threads=2))
+    model = load_model(NativeModelConfig(weights_dir=args.weights, torch_threads=2))
     started = time.monotonic()
     gap = loss_gap(model, args.clips, args.seed)
     sweep = sampler_sweep(model, args.sweep_clips, args.seed)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tessera.models import FrameCondition, ModelConfig, load_model
+from tessera.models import FrameCondition, NativeModelConfig, load_model
 from tessera.models.native.generate import generate_latents, generate_video, image_latent
 from tessera.models.shapes.captions import short_caption
 from tessera.models.shapes.evaluate import group_jumps, psnr, score_clip, summarize
@@ -135,10 +135,10 @@ def timing(weights: Path | None) -> dict:
     code = f"""
 import time; t0 = time.perf_counter()
 import torch
-from tessera.models import ModelConfig, load_model
+from tessera.models import NativeModelConfig, load_model
 from tessera.models.native.generate import generate_video
 t1 = time.perf_counter()
-model = load_model(ModelConfig(weights_dir={repr(str(weights)) if weights else None}, torch_threads=2))
+model = load_model(NativeModelConfig(weights_dir={repr(str(weights)) if weights else None}, torch_threads=2))
 t2 = time.perf_counter()
 video = generate_video(model, "a red circle moving right", width=64, height=64, num_frames=16, fps=8.0, steps=25)
 t3 = time.perf_counter()
@@ -155,7 +155,7 @@ def group_summary(scores, predicate) -> dict:
 
 def evaluate(weights: Path | None, *, quick: bool, steps: int, seed: int) -> dict:
     torch.set_num_threads(2)
-    model = load_model(ModelConfig(weights_dir=weights, torch_threads=2))
+    model = load_model(NativeModelConfig(weights_dir=weights, torch_threads=2))
     guidance = model.card.limits.default_guidance_scale
     scale = 4 if quick else 1
     rng = np.random.default_rng(seed)

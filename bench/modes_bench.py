@@ -48,7 +48,7 @@ def _prompt(spec) -> str:
 
 
 async def _measure(config: dict, seeds: int) -> dict:
-    from tessera.models import ModelConfig, load_model
+    from tessera.models import load_model, parse_model_config
     from tessera.models.shapes.evaluate import psnr, score_clip, track_object
     from tessera.serving.config import TesseraConfig
     from tessera.serving.jobs.spec import GenerationRequest, MediaInput, ShotRequest
@@ -58,7 +58,7 @@ async def _measure(config: dict, seeds: int) -> dict:
     import torch
 
     local = LocalTessera(TesseraConfig.model_validate(config))
-    vae = load_model(ModelConfig.model_validate(config.get("model", {})), parts={"vae"})
+    vae = load_model(parse_model_config(config.get("model", {})), parts={"vae"})
     await local.start()
     rows: dict[str, list] = {}
 

@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import median, plot, role_of, serve_stack, write_results  # noqa: E402
 from tiling_bench import _deployments  # noqa: E402
 
-from tessera.models.config import ModelConfig  # noqa: E402
+from tessera.models.config import NativeModelConfig  # noqa: E402
 from tessera.models.registry import load_model  # noqa: E402
 from tessera.serving.denoiser import DenoiserEngine  # noqa: E402
 from tessera.serving.stages import SharedText, StepWork  # noqa: E402
 
 THREADS = 2
 """torch threads of the engine in process and in the replica (the bench's Denoiser setting)."""
-MODEL = ModelConfig()
+MODEL = NativeModelConfig()
 
 
 @functools.cache

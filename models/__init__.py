@@ -1,6 +1,12 @@
 """Model families behind one stage interface (see ``interface.py``)."""
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import (
+    MODEL_CONFIG_ADAPTER,
+    ModelConfig,
+    NativeModelConfig,
+    SimModelConfig,
+    parse_model_config,
+)
 from tessera.models.interface import (
     DenoiseWork,
     FrameCondition,
@@ -19,11 +25,15 @@ __all__ = [
     "FrameCondition",
     "LatentGeometry",
     "ModelCard",
+    "MODEL_CONFIG_ADAPTER",
     "ModelConfig",
     "ModelLimits",
+    "NativeModelConfig",
     "PartNotLoadedError",
+    "SimModelConfig",
     "TextConditioning",
     "VideoModel",
     "frame_noise",
     "load_model",
+    "parse_model_config",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import ModelConfig, NativeModelConfig
 from tessera.models.interface import ALL_PARTS, VideoModel
 
 
@@ -14,7 +14,7 @@ def load_model(config: ModelConfig, parts: Iterable[str] = ALL_PARTS) -> VideoMo
     unknown = parts - ALL_PARTS
     if unknown:
         raise ValueError(f"unknown model parts {sorted(unknown)}; expected a subset of {sorted(ALL_PARTS)}")
-    if config.family == "native":
+    if isinstance(config, NativeModelConfig):
         from tessera.models.native.pipeline import NativeVideoModel
 
         return NativeVideoModel.load(config, parts)

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import ModelConfig, NativeModelConfig
 from tessera.serving.jobs.planner import TilingOptions
 from tessera.serving.storage import StorageConfig
 from tessera.serving.video import VideoEncodingConfig
@@ -508,7 +508,7 @@ class TesseraConfig(_Strict):
     grpc: GrpcConfig = Field(GrpcConfig(), description="gRPC proxy settings.")
     http: HttpConfig = Field(HttpConfig(), description="HTTP proxy settings (the OpenAI-compatible videos API).")
     storage: StorageConfig = Field(..., description="S3-compatible object store for outputs and job records.")
-    model: ModelConfig = Field(ModelConfig(), description="Model family and weights, shared by every stage.")
+    model: ModelConfig = Field(NativeModelConfig(), description="Model family and weights, shared by every stage.")
     deployments: DeploymentsConfig = Field(DeploymentsConfig(), description="Resources and scaling per deployment.")
     limits: LimitsConfig = Field(LimitsConfig(), description="Request limits.")
     jobs: JobsConfig = Field(JobsConfig(), description="Job admission, leases, checkpoints and retries.")

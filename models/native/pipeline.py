@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import NativeModelConfig
 from tessera.models.interface import (
     DenoiseWork,
     ModelCard,
@@ -38,7 +38,7 @@ SPATIAL_OVERLAP = 16
 """Latent cells per spatial decode tile and their overlap (larger latents are decoded in blended tiles)."""
 
 
-def _resolve_device(config: ModelConfig) -> tuple[torch.device, torch.dtype]:
+def _resolve_device(config: NativeModelConfig) -> tuple[torch.device, torch.dtype]:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA device is available")
     device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -114,7 +114,7 @@ class NativeVideoModel(VideoModel):
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
-    def load(cls, config: ModelConfig, parts: frozenset[str]) -> NativeVideoModel:
+    def load(cls, config: NativeModelConfig, parts: frozenset[str]) -> NativeVideoModel:
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         device, dtype = _resolve_device(config)
@@ -127,7 +127,7 @@ class NativeVideoModel(VideoModel):
         if not has_weights and not config.allow_random_weights:
             raise FileNotFoundError(
                 f"no weights for native variant {config.variant!r} in {folder} (expected {sorted(WEIGHT_FILES.values())}); "
-                "give ModelConfig.weights_dir, or allow_random_weights=True for tests and benchmarks"
+                "give NativeModelConfig.weights_dir, or allow_random_weights=True for tests and benchmarks"
             )
         card = ModelCard(
             family="native",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tessera.models import FrameCondition, ModelConfig, load_model
+from tessera.models import FrameCondition, NativeModelConfig, load_model
 from tessera.models.native.generate import generate_latents, generate_video, image_latent
 from tessera.models.shapes.evaluate import psnr, score_clip, summarize
 from tessera.models.shapes.world import render, sample_spec
@@ -21,7 +21,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(ModelConfig(torch_threads=2))
+    return load_model(NativeModelConfig(torch_threads=2))
 
 
 def _specs(split: str, count: int, seed: int, width: int = 64, height: int = 64):

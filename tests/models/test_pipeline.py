@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tessera.models import DenoiseWork, FrameCondition, ModelConfig, PartNotLoadedError, frame_noise, load_model
+from tessera.models import DenoiseWork, FrameCondition, NativeModelConfig, PartNotLoadedError, frame_noise, load_model
 from tessera.models.native.generate import generate_video
 
 
@@ -20,18 +20,18 @@ def random_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model(random_dir):
     torch.manual_seed(0)
-    return load_model(ModelConfig(weights_dir=random_dir, allow_random_weights=True, torch_threads=2))
+    return load_model(NativeModelConfig(weights_dir=random_dir, allow_random_weights=True, torch_threads=2))
 
 
 def test_missing_weights_is_an_error_unless_random_is_allowed(random_dir):
     with pytest.raises(FileNotFoundError, match="no weights"):
-        load_model(ModelConfig(weights_dir=random_dir), parts={"vae"})
-    loaded = load_model(ModelConfig(weights_dir=random_dir, allow_random_weights=True), parts={"vae"})
+        load_model(NativeModelConfig(weights_dir=random_dir), parts={"vae"})
+    loaded = load_model(NativeModelConfig(weights_dir=random_dir, allow_random_weights=True), parts={"vae"})
     assert loaded.card.version.startswith("random-")
 
 
 def test_only_requested_parts_are_loaded(random_dir):
-    vae_only = load_model(ModelConfig(weights_dir=random_dir, allow_random_weights=True), parts={"vae"})
+    vae_only = load_model(NativeModelConfig(weights_dir=random_dir, allow_random_weights=True), parts={"vae"})
     assert vae_only.dit is None and vae_only.text_encoder is None and vae_only.vae is not None
     with pytest.raises(PartNotLoadedError):
         vae_only.encode_text(["a red ball"])

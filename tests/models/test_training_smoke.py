@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from tessera.models import ModelConfig, load_model
+from tessera.models import NativeModelConfig, load_model
 from tessera.models.train import export, train_dit, train_vae
 
 
@@ -29,7 +29,7 @@ def test_vae_then_dit_smoke_runs_resume_and_export(tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
     export.main(["--vae", str(vae_run), "--dit", str(dit_run), "--out", str(weights)])
-    model = load_model(ModelConfig(weights_dir=weights))
+    model = load_model(NativeModelConfig(weights_dir=weights))
     assert not model.card.version.startswith("random")
     assert json.loads((weights / "training.json").read_text())["dit"]["steps"] == 4
     latents = model.encode_video(torch.zeros(5, 32, 32, 3, dtype=torch.uint8))

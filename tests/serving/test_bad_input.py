@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tessera.models import ModelConfig
+from tessera.models import NativeModelConfig
 from tessera.models.registry import load_model
 from tessera.serving.api import servicer as safe_servicer
 from tessera.serving.api import tessera_pb2 as pb
@@ -43,7 +43,7 @@ from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
 TENANT = "default"
 MAX_MESSAGE = 1000
-CARD = load_model(ModelConfig(), parts=()).card  # the shipped tiny model: card only, no weights
+CARD = load_model(NativeModelConfig(), parts=()).card  # the shipped tiny model: card only, no weights
 LIMITS = LimitsConfig()
 TILING = TilingConfig().options(CARD.geometry)
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import NativeModelConfig
 from tessera.models.registry import load_model
 from tessera.serving.batches import report
 from tessera.serving.batches.spec import (
@@ -20,7 +20,7 @@ from tessera.serving.batches.state import BatchSpec, BatchState, ItemState, coun
 from tessera.serving.config import LimitsConfig
 from tessera.serving.errors import InvalidRequestError
 
-CARD = load_model(ModelConfig(), parts=()).card
+CARD = load_model(NativeModelConfig(), parts=()).card
 LIMITS = LimitsConfig()
 
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import NativeModelConfig
 from tessera.models.registry import load_model
 from tessera.serving.config import ExpansionConfig, TesseraConfig
 from tessera.serving.decoder import DecoderEngine
@@ -35,14 +35,14 @@ JOBS = {"lease_ttl_s": 1.0, "heartbeat_s": 0.25, "scan_interval_s": 0.2, "claim_
 
 @pytest.fixture(scope="module")
 def stages():
-    model = ModelConfig(torch_threads=1)
+    model = NativeModelConfig(torch_threads=1)
     return LocalStages(PromptExpanderEngine(model, ExpansionConfig(), 1), DenoiserEngine(model, 1),
                        DecoderEngine(model, VideoEncodingConfig(), 1))
 
 
 @pytest.fixture
 def config(s3_server) -> TesseraConfig:
-    return TesseraConfig(storage=storage_config_for(s3_server), jobs=JOBS, model=ModelConfig(torch_threads=1))
+    return TesseraConfig(storage=storage_config_for(s3_server), jobs=JOBS, model=NativeModelConfig(torch_threads=1))
 
 
 def engine(config, stages, store, name: str, **jobs) -> JobEngine:

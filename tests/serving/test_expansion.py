@@ -17,7 +17,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tessera.models.config import ModelConfig
+from tessera.models.config import NativeModelConfig
 from tessera.models.registry import load_model
 from tessera.models.shapes import captions
 from tessera.models.shapes.captions import parse_prompt
@@ -40,7 +40,7 @@ SHOTS = ["moves left fast", "a blue ball bounces on a white background", "drifti
 @pytest.fixture(scope="module")
 def model():
     """The shipped family with no parts loaded: its built-in expander needs no weights."""
-    return load_model(ModelConfig(allow_random_weights=True), parts=())
+    return load_model(NativeModelConfig(allow_random_weights=True), parts=())
 
 
 @pytest.fixture(scope="module")
@@ -424,7 +424,7 @@ def test_openai_unreachable_endpoint_falls_back(builtin):
 @pytest.fixture(scope="module")
 def openai_engine(chat_server) -> PromptExpanderEngine:
     expansion = ExpansionConfig(backend="openai", openai=openai_config(chat_server.base_url, max_retries=0))
-    return PromptExpanderEngine(ModelConfig(allow_random_weights=True), expansion)
+    return PromptExpanderEngine(NativeModelConfig(allow_random_weights=True), expansion)
 
 
 def test_stage_reports_the_backend_used(chat, openai_engine, builtin):
@@ -446,7 +446,7 @@ def test_stage_reports_the_backend_used(chat, openai_engine, builtin):
 
 def test_stage_runs_a_local_language_model(lm_folders):
     expansion = ExpansionConfig(backend="hf_causal_lm", hf={"path": lm_folders["chat"], "max_new_tokens": 24})
-    engine = PromptExpanderEngine(ModelConfig(allow_random_weights=True), expansion)
+    engine = PromptExpanderEngine(NativeModelConfig(allow_random_weights=True), expansion)
     expanded = asyncio.run(engine.condition("red ball left", "blurry", expand=True))
     assert (expanded.caption, expanded.expander, expanded.expansion_note) == (CHAT_CAPTION, "hf_causal_lm", "")
     # (batched with the caption, so equal up to float rounding)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tessera.models import ModelConfig
+from tessera.models import NativeModelConfig
 from tessera.serving.config import LimitsConfig
 from tessera.serving.decoder import DecoderEngine
 from tessera.serving.errors import TesseraError
@@ -159,7 +159,7 @@ def test_inputs_are_kept_with_the_job_and_deleted_after(collector, object_store,
 def decoder(tmp_path_factory) -> DecoderEngine:
     torch.manual_seed(0)
     weights = tmp_path_factory.mktemp("random-weights")
-    return DecoderEngine(ModelConfig(weights_dir=weights, allow_random_weights=True), VideoEncodingConfig(), threads=2)
+    return DecoderEngine(NativeModelConfig(weights_dir=weights, allow_random_weights=True), VideoEncodingConfig(), threads=2)
 
 
 def test_encode_counts_latent_frames_by_alignment(decoder):

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 import torch
 
-from tessera.models import ModelConfig, load_model
+from tessera.models import NativeModelConfig, load_model
 from tessera.models.shapes.world import ClipSpec, render
 from tessera.serving.config import ExpansionConfig, LimitsConfig
 from tessera.serving.decoder import DecoderEngine
@@ -35,7 +35,7 @@ OPTIONS = TilingOptions(window=4, min_overlap=2, sync_every=1, decode_tile=4, de
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     torch.manual_seed(0)
-    config = ModelConfig(weights_dir=tmp_path_factory.mktemp("random-weights"), allow_random_weights=True, torch_threads=2)
+    config = NativeModelConfig(weights_dir=tmp_path_factory.mktemp("random-weights"), allow_random_weights=True, torch_threads=2)
     denoiser = DenoiserEngine(config, threads=2)
     for name, parameter in denoiser.model.dit.named_parameters():
         if parameter.abs().sum() == 0 and parameter.ndim == 2:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tessera.models import ModelConfig, load_model
+from tessera.models import NativeModelConfig, load_model
 from tessera.serving.config import TilingConfig
 from tessera.serving.jobs.planner import plan_render
 
@@ -18,7 +18,7 @@ from tessera.serving.jobs.planner import plan_render
 def model(tmp_path_factory):
     torch.manual_seed(0)
     weights = tmp_path_factory.mktemp("random-weights")
-    return load_model(ModelConfig(weights_dir=weights, allow_random_weights=True, torch_threads=2), parts={"vae"})
+    return load_model(NativeModelConfig(weights_dir=weights, allow_random_weights=True, torch_threads=2), parts={"vae"})
 
 
 @pytest.mark.parametrize("num_frames", [45, 77, 100])
