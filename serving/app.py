@@ -34,7 +34,9 @@ def build_app(config: TesseraConfig) -> serve.Application:
     expander = PromptExpander.options(name="PromptExpander", **d.prompt_expander.serve_options()).bind(
         config.model, config.expansion, d.prompt_expander.threads
     )
-    denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(config.model, d.denoiser.threads)
+    denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(
+        config.model, d.denoiser.threads, config.batching
+    )
     decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(
         config.model, config.video, d.decoder.threads
     )

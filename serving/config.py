@@ -150,6 +150,24 @@ class DeploymentsConfig(_Strict):
     )
 
 
+class StepBatchingConfig(_Strict):
+    """How a Denoiser replica batches sampler steps across windows and jobs (``serving/step_scheduling.py``)."""
+
+    max_batch_items: int = Field(
+        8, ge=1, description="Most windows in one forward. The model's memory bound (its family's `max_batch_items`) "
+        "may lower it per shape. 1: no batching across windows or jobs (each forward one window)."
+    )
+    max_wait_s: float = Field(
+        0.005, ge=0, description="Longest an idle replica waits for more windows to arrive before its first forward; "
+        "windows in flight never wait (newcomers join them at the next step)."
+    )
+    aging_s: float = Field(
+        2.0, gt=0, description="Seconds a waiting step needs to climb one priority level: interactive steps (priority "
+        ">= 0) go ahead of batch steps (priority < 0) at every step boundary, and batch steps still run within "
+        "about (priority gap x aging_s) under load, so they are never starved."
+    )
+
+
 class GrpcConfig(_Strict):
     """Ray Serve's gRPC proxy."""
 
@@ -207,11 +225,34 @@ class LimitsConfig(_Strict):
 class JobsConfig(_Strict):
     """How jobs are admitted, owned and run (serving/jobs/engine.py, serving/jobs/lease.py)."""
 
+    def job_class(self, priority: int) -> str:
+        """'interactive' or 'batch': the admission class of a job of this priority."""
+        return "interactive" if priority >= self.interactive_min_priority else "batch"
+
+    def class_limits(self, job_class: str) -> tuple[int, int]:
+        """(running slots, queue places) per JobRunner replica for a class."""
+        if job_class == "interactive":
+            return self.max_running_jobs, self.max_queued_jobs
+        return self.max_running_batch_jobs, self.max_queued_batch_jobs
+
     max_queued_jobs: int = Field(
-        64, ge=0, description="Jobs each JobRunner replica holds waiting for a slot; a submit that no replica has "
-        "room for gets RESOURCE_EXHAUSTED with a retry hint."
+        64, ge=0, description="Interactive jobs each JobRunner replica holds waiting for a slot; a submit that no replica "
+        "has room for gets RESOURCE_EXHAUSTED with a retry hint."
     )
-    max_running_jobs: int = Field(2, ge=1, description="Jobs one JobRunner replica renders at once; others wait queued.")
+    max_running_jobs: int = Field(2, ge=1, description="Interactive jobs one JobRunner replica renders at once; others wait queued.")
+    interactive_min_priority: int = Field(
+        0, description="Jobs with at least this priority are interactive; below it they are batch work (batch "
+        "rendering's items run at -1 by default). Each class has its own queue and running slots on every replica, "
+        "so a full batch backlog never turns an interactive request away nor holds its slot."
+    )
+    max_queued_batch_jobs: int = Field(
+        64, ge=0, description="Batch-class jobs each JobRunner replica holds waiting for a slot (besides max_queued_jobs "
+        "interactive ones)."
+    )
+    max_running_batch_jobs: int = Field(
+        2, ge=1, description="Batch-class jobs one JobRunner replica renders at once, in slots of their own (their "
+        "steps still yield to interactive steps in the Denoiser)."
+    )
     progress_flush_s: float = Field(
         0.5, gt=0, description="Shortest interval between progress writes to a running job's S3 record (what "
         "watchers on any gateway see)."
@@ -513,6 +554,7 @@ class TesseraConfig(_Strict):
     limits: LimitsConfig = Field(LimitsConfig(), description="Request limits.")
     jobs: JobsConfig = Field(JobsConfig(), description="Job admission, leases, checkpoints and retries.")
     tiling: TilingConfig = Field(TilingConfig(), description="Time tiling of denoising and decoding.")
+    batching: StepBatchingConfig = Field(StepBatchingConfig(), description="Step batching in the Denoiser.")
     video: VideoEncodingConfig = Field(VideoEncodingConfig(), description="H.264 encoding.")
     auth: AuthConfig = Field(AuthConfig(), description="API keys and tenants.")
     quotas: QuotasConfig = Field(QuotasConfig(), description="Per-tenant quotas.")

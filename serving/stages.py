@@ -82,6 +82,8 @@ class StepWork:
     fps: float
     frames: FrameCondition | None = None
     sampler: Literal["euler", "heun"] = "euler"
+    priority: int = 0
+    """The job's priority: the Denoiser's step scheduler runs higher first (interactive >= 0, batch < 0)."""
 
     def resolve(self, text: TextConditioning, negative: TextConditioning | None) -> DenoiseWork:
         return DenoiseWork(latents=self.latents, sigmas=self.sigmas, text=text, negative_text=negative,

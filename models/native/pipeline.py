@@ -220,23 +220,24 @@ class NativeVideoModel(VideoModel):
         dit = self._require("denoiser", self.dit)
         for item in work:
             self.check_work(item)
-        # Items of one shape, schedule, sampler and guidance mode run as one batch.
+        # Items of one batch key (shape, sampler, guidance mode) and schedule length run as one
+        # batch, each at its own noise levels.
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, item in enumerate(work):
-            key = (tuple(item.latents.shape), tuple(item.sigmas), item.sampler, self._uses_guidance(item))
-            groups[key].append(index)
+            groups[(self.batch_key(item), len(item.sigmas))].append(index)
         results: list[torch.Tensor | None] = [None] * len(work)
-        for (_, sigmas, method, use_guidance), indices in groups.items():
+        for ((_, method, use_guidance), _), indices in groups.items():
             items = [work[i] for i in indices]
-            out = self._step_batch(dit, items, sigmas, method, use_guidance)
+            out = self._step_batch(dit, items, method, use_guidance)
             for slot, index in enumerate(indices):
                 results[index] = out[slot]
         return results  # type: ignore[return-value]
 
-    def _step_batch(self, dit: DiT, items: list[DenoiseWork], sigmas, method: str, use_guidance: bool) -> list[torch.Tensor]:
+    def _step_batch(self, dit: DiT, items: list[DenoiseWork], method: str, use_guidance: bool) -> list[torch.Tensor]:
         device, dtype = self.device, self.dtype
         b = len(items)
         x = torch.stack([item.latents.float() for item in items]).to(device)  # (B, C, T, H, W) float32
+        sigmas = torch.tensor([item.sigmas for item in items], dtype=torch.float32)  # (B, S)
         t = x.shape[2]
         known = torch.stack(
             [item.frames.latents.float() if item.frames is not None else torch.zeros_like(item.latents, dtype=torch.float32) for item in items]
@@ -251,11 +252,11 @@ class NativeVideoModel(VideoModel):
         scale = torch.tensor([item.guidance_scale for item in items], dtype=torch.float32, device=device)
         copies = 2 if use_guidance else 1
 
-        def velocity(latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        def velocity(latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # sigma (B,)
             batch = latents.repeat(copies, 1, 1, 1, 1).to(dtype)
             v = dit(
                 batch,
-                torch.full((copies * b,), sigma, device=device, dtype=dtype),
+                sigma.repeat(copies).to(device, dtype),
                 tokens,
                 token_mask,
                 fps.repeat(copies).to(dtype),

@@ -18,8 +18,8 @@ import torch
 
 from tessera.models.interface import keep_given
 
-VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
-"""``(x (B, C, T, H, W), sigma) -> velocity`` (guidance already applied)."""
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(x (B, C, T, H, W), sigma (B,)) -> velocity`` (guidance already applied)."""
 
 
 def shift_sigma(sigma: float, shift: float) -> float:
@@ -55,35 +55,57 @@ def keep_known(x: torch.Tensor, known: torch.Tensor | None, mask: torch.Tensor |
     return keep_given(x, known, mask)
 
 
-def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    return x + (sigma_next - sigma) * velocity
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float | torch.Tensor,
+               sigma_next: float | torch.Tensor) -> torch.Tensor:
+    """``x + (sigma_next - sigma) * v``; the levels are floats or one per item ``(B,)``."""
+    delta = sigma_next - sigma
+    if isinstance(delta, torch.Tensor):
+        delta = delta.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return x + delta * velocity
+
+
+def item_sigmas(sigmas: Sequence[float] | torch.Tensor, batch: int) -> torch.Tensor:
+    """Noise levels as ``(B, S)`` float32: one shared schedule repeated, or one row per item."""
+    levels = torch.as_tensor(sigmas, dtype=torch.float32)
+    if levels.ndim == 1:
+        levels = levels.expand(batch, -1)
+    if levels.ndim != 2 or levels.shape[0] != batch:
+        raise ValueError(f"noise levels must be (S,) or ({batch}, S), got {tuple(levels.shape)}")
+    if levels.shape[1] < 2:
+        raise ValueError(f"need at least two noise levels, got {levels.shape[1]}")
+    if bool((levels[:, 1:] > levels[:, :-1]).any()):
+        raise ValueError("noise levels must not increase")
+    return levels
 
 
 def sample(
     velocity_fn: VelocityFn,
     x: torch.Tensor,
-    sigmas: Sequence[float],
+    sigmas: Sequence[float] | torch.Tensor,
     *,
     method: str = "euler",
     known: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integrate from ``sigmas[0]`` to ``sigmas[-1]``; ``method`` is 'euler' or 'heun' (2nd order)."""
+    """Integrate from ``sigmas[0]`` to ``sigmas[-1]``; ``method`` is 'euler' or 'heun' (2nd order).
+
+    ``sigmas`` is one schedule for the whole batch, or ``(B, S)``: each item its own levels (items
+    of different jobs at different points of their schedules share one forward per step)."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown sampler method {method!r}; expected 'euler' or 'heun'")
-    if len(sigmas) < 2:
-        raise ValueError(f"need at least two noise levels, got {list(sigmas)}")
-    if any(b > a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"noise levels must not increase, got {list(sigmas)}")
+    levels = item_sigmas(sigmas, x.shape[0]).to(x.device)  # (B, S)
     x = keep_known(x, known, mask)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        if sigma_next == sigma:
+    for index in range(levels.shape[1] - 1):
+        sigma, sigma_next = levels[:, index], levels[:, index + 1]  # (B,) each
+        if bool((sigma_next == sigma).all()):
             continue
         velocity = velocity_fn(x, sigma)
         proposal = euler_step(x, velocity, sigma, sigma_next)
-        if method == "heun" and sigma_next > 0:
-            # Heun: average the slopes at both ends (the last step to 0 stays Euler, as in EDM).
+        heun = (sigma_next > 0) & (sigma_next != sigma) if method == "heun" else None
+        if heun is not None and bool(heun.any()):
+            # Heun: average the slopes at both ends (a last step to 0 stays Euler, as in EDM).
             velocity_next = velocity_fn(keep_known(proposal, known, mask), sigma_next)
-            proposal = euler_step(x, 0.5 * (velocity + velocity_next), sigma, sigma_next)
+            corrected = euler_step(x, 0.5 * (velocity + velocity_next), sigma, sigma_next)
+            proposal = torch.where(heun.view(-1, *([1] * (x.ndim - 1))), corrected, proposal)
         x = keep_known(proposal, known, mask)
     return x

@@ -4,7 +4,9 @@ Each replica holds a bounded set of jobs through leases on their records (``leas
 
 * it *claims* jobs offered by a gateway right after submit, and, every ``scan_interval_s``,
   unowned jobs nobody claimed and jobs whose holder stopped renewing (a takeover);
-* it *runs* at most ``max_running_jobs`` at once, the rest wait in priority order; every held
+* it *runs* at most ``max_running_jobs`` interactive jobs and ``max_running_batch_jobs`` batch
+  jobs at once (each class has its own queue places and slots, so batch work never takes an
+  interactive job's place), the rest wait in priority order; every held
   job's record is renewed by a keeper task (heartbeat and progress), and a cancel request a
   gateway writes into the record is noticed there;
 * at every step group the running job may save a checkpoint of its latents; a takeover
@@ -92,7 +94,8 @@ class JobEngine:
             decode_ahead=config.tiling.decode_ahead, storage_budget_s=config.jobs.storage_retry_s,
         )
         self._held: dict[str, HeldJob] = {}
-        self._waiting: list[tuple[int, float, str]] = []  # (-priority, created_at, job_id)
+        self._waiting: dict[str, list[tuple[int, float, str]]] = {"interactive": [], "batch": []}
+        """Per admission class, a heap of (-priority, created_at, job_id)."""
         self._wakeup = asyncio.Event()
         self._expiry = ExpiryWatch()
         self._leased_elsewhere: dict[str, float] = {}
@@ -127,14 +130,18 @@ class JobEngine:
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
 
-    @property
-    def room(self) -> int:
-        return max(0, self.jobs.max_running_jobs + self.jobs.max_queued_jobs - len(self._held))
+    def room(self, priority: int) -> int:
+        """Jobs of this priority's class this replica can still take (running slots + queue places)."""
+        job_class = self.jobs.job_class(priority)
+        running, queued = self.jobs.class_limits(job_class)
+        held = sum(1 for h in self._held.values() if self.jobs.job_class(h.record.priority) == job_class)
+        return max(0, running + queued - held)
 
     def load(self) -> dict:
         running = sum(1 for held in self._held.values() if held.running)
         return {"replica": self.replica_id, "held": len(self._held), "running": running, "waiting": len(self._held) - running,
-                "room": self.room, **self.stats}
+                "room": {"interactive": self.room(self.jobs.interactive_min_priority),
+                         "batch": self.room(self.jobs.interactive_min_priority - 1)}, **self.stats}
 
     # -- claiming ------------------------------------------------------------------------
     async def offer(self, tenant: str, job_id: str) -> bool:
@@ -142,7 +149,7 @@ class JobEngine:
         replica now (this one, or another that was quicker); False when there was no room here."""
         if job_id in self._held:
             return True
-        if self.draining or self.room == 0:
+        if self.draining:
             return False
         try:
             record, etag = await asyncio.to_thread(self.store.read, tenant, job_id)
@@ -150,6 +157,8 @@ class JobEngine:
             return False
         if record.lease is not None or record.state.terminal:
             return True
+        if self.room(record.priority) == 0:
+            return False
         return await self._claim(record, etag) or (await self._held_elsewhere(tenant, job_id))
 
     async def _held_elsewhere(self, tenant: str, job_id: str) -> bool:
@@ -173,7 +182,7 @@ class JobEngine:
         held = HeldJob(LeasedJob(self.store, record, etag, self.jobs.storage_retry_s))
         self._held[record.job_id] = held
         held.keeper = asyncio.ensure_future(self._keep(held))
-        heapq.heappush(self._waiting, (-record.priority, record.created_at, record.job_id))
+        heapq.heappush(self._waiting[self.jobs.job_class(record.priority)], (-record.priority, record.created_at, record.job_id))
         self._wakeup.set()
         return True
 
@@ -226,8 +235,8 @@ class JobEngine:
                 candidates.append((record, etag))
         claimed = 0
         for record, etag in sorted(candidates, key=lambda c: claim_order(c[0])):
-            if self.room == 0:
-                break
+            if self.room(record.priority) == 0:
+                continue  # its class is full here; a job of the other class may still fit
             claimed += await self._claim(record, etag)
         return claimed
 
@@ -236,16 +245,18 @@ class JobEngine:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._waiting and self._running() < self.jobs.max_running_jobs and not self.draining:
-                _, _, job_id = heapq.heappop(self._waiting)
-                held = self._held.get(job_id)
-                if held is None or held.running:
-                    continue
-                held.running = True
-                held.task = asyncio.ensure_future(self._run(held))
+            for job_class, waiting in self._waiting.items():
+                slots, _ = self.jobs.class_limits(job_class)
+                while waiting and self._running(job_class) < slots and not self.draining:
+                    _, _, job_id = heapq.heappop(waiting)
+                    held = self._held.get(job_id)
+                    if held is None or held.running:
+                        continue
+                    held.running = True
+                    held.task = asyncio.ensure_future(self._run(held))
 
-    def _running(self) -> int:
-        return sum(1 for held in self._held.values() if held.running)
+    def _running(self, job_class: str) -> int:
+        return sum(1 for held in self._held.values() if held.running and self.jobs.job_class(held.record.priority) == job_class)
 
     async def _keep(self, held: HeldJob) -> None:
         """Renew the lease (heartbeat), flush progress, and notice cancel requests."""

@@ -148,7 +148,7 @@ class Sampler:
                 frames = FrameCondition(given.latents[:, window.start : window.stop].contiguous(), mask.contiguous())
         return StepWork(
             latents=latents[:, window.start : window.stop].contiguous(), sigmas=sigmas, text=text,
-            guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames,
+            guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority,
         )
 
     @staticmethod

@@ -114,8 +114,10 @@ class JobFront:
                 await asyncio.to_thread(delete_inputs, self.objects, tenant, record.job_id)
             return await self.get(tenant, job_id)
         if not await self._admit(record, etag):
+            job_class = self.config.jobs.job_class(record.priority)
             raise NoCapacityError(
-                "every job runner is full; retry later", retry_after_ms=self.config.jobs.retry_pushback_ms
+                f"every job runner is full of {job_class} jobs (priority {record.priority}); retry later",
+                retry_after_ms=self.config.jobs.retry_pushback_ms,
             )
         return record
 

@@ -270,3 +270,30 @@ def test_a_full_cluster_refuses_new_work_at_once(config, stages, object_store):
     assert refused.code_name == "RESOURCE_EXHAUSTED" and refused.retry_after_ms > 0 and refused_after < 2
     assert [e.state for e in ends] == [JobState.SUCCEEDED] * 2, "every admitted job completes"
     assert len(listed) == 2, "the refused job left no record behind"
+
+
+def test_a_full_batch_backlog_never_turns_an_interactive_job_away(config, stages, object_store):
+    """Batch work has its own queue places and running slots: with them full, an interactive
+    job is still admitted, starts at once, and finishes while the batch backlog waits."""
+    async def run():
+        one = engine(config, stages, object_store, "one", max_running_jobs=1, max_queued_jobs=1,
+                     max_running_batch_jobs=1, max_queued_batch_jobs=2)
+        await one.start()
+        jobs = front(config, object_store, [one])
+        who = tenant()
+        backlog = [await jobs.submit(who, request(steps=12, seed=i, priority=-1)) for i in range(3)]
+        with pytest.raises(NoCapacityError) as refused:
+            await jobs.submit(who, request(steps=12, seed=7, priority=-1))
+        interactive = await jobs.submit(who, request(steps=2, seed=8, priority=0))
+        done = await finish(jobs, who, interactive.job_id)
+        states = [(await jobs.get(who, r.job_id)).state for r in backlog]
+        ends = [await finish(jobs, who, r.job_id, timeout_s=240) for r in backlog]
+        await one.stop()
+        return refused.value, done, states, ends
+
+    refused, done, states_then, ends = asyncio.run(run())
+    assert "batch jobs" in refused.message
+    assert done.state == JobState.SUCCEEDED
+    assert states_then.count(JobState.SUCCEEDED) <= 1, "the interactive job did not wait for the batch backlog"
+    assert [e.state for e in ends] == [JobState.SUCCEEDED] * 3, "batch work still completes"
+    assert ends[0].priority == -1, "a job's priority is in its record"

@@ -1,0 +1,105 @@
+"""Which pending sampler steps a Denoiser replica runs together next: pure decisions.
+
+Every window a Denoiser replica is asked to advance is split into its sampler steps; a step is
+*pending* from the moment its window's previous step finished (or its call arrived) until it runs.
+Before every forward the replica asks :func:`next_batch` which pending steps go in, so windows of
+one long job and steps of several short jobs share forwards, each at its own noise level and
+guidance scale (continuous batching at step granularity: a window that finishes leaves the batch
+at once, a newly arrived one joins at the next step boundary).
+
+The rules, in order:
+
+1. **Urgency** picks the head of the next batch: the job's priority plus one level per
+   ``aging_s`` seconds the step has waited. Interactive work (priority 0 and up) goes ahead of
+   batch work (negative priorities) at every step boundary, and batch work that keeps waiting
+   climbs until it runs: it is slowed down under load, never starved.
+2. The batch is the head and the most urgent steps that can share its forward (equal
+   ``key``: same latent shape, sampler and guidance mode), up to ``capacity``: the smaller of
+   the config's ``max_batch_items`` and the model's memory bound for that key.
+3. **Bounded wait**: when the batch is not full and every pending step has just arrived (a
+   first step: the replica has nothing in flight), the replica waits for company until the
+   oldest of them has waited ``max_wait_s``. Once any window is in flight its steps never wait:
+   work in flight is not slowed down to batch better, and newcomers join it at the next step.
+
+Plain data in, plain data out; no clocks, no tensors (the caller passes ``now``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingStep:
+    """One sampler step of one window, ready to run."""
+
+    id: int
+    key: Hashable
+    """Steps with equal keys can share a forward (the model's batch key and schedule length)."""
+    priority: int
+    """The job's priority: higher first; interactive jobs are >= 0, batch work below."""
+    ready_at: float
+    """When the step became ready (seconds, the caller's monotonic clock)."""
+    fresh: bool
+    """True for a window's first step on this replica (its call just arrived)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_items: int
+    """Most steps in one forward (the config's limit; the model's memory bound may be lower)."""
+    max_wait_s: float
+    """Longest a batch of just-arrived steps waits for more to arrive."""
+    aging_s: float
+    """Seconds of waiting worth one priority level."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_items < 1:
+            raise ValueError(f"max_batch_items must be >= 1, got {self.max_batch_items}")
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
+        if self.aging_s <= 0:
+            raise ValueError(f"aging_s must be > 0, got {self.aging_s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunBatch:
+    ids: tuple[int, ...]
+    """The steps to run as one forward, most urgent first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitUntil:
+    deadline: float
+    """Ask again at this time (or as soon as another step arrives)."""
+
+
+def urgency(step: PendingStep, now: float, policy: BatchPolicy) -> float:
+    """The step's priority raised by one level per ``aging_s`` of waiting."""
+    return step.priority + max(0.0, now - step.ready_at) / policy.aging_s
+
+
+def _order(step: PendingStep, now: float, policy: BatchPolicy) -> tuple[float, float, int]:
+    return (-urgency(step, now, policy), step.ready_at, step.id)
+
+
+def next_batch(
+    pending: Sequence[PendingStep], now: float, policy: BatchPolicy, capacity: Mapping[Hashable, int | None] | None = None,
+) -> RunBatch | WaitUntil | None:
+    """The next forward's steps, a time to decide again, or None when nothing is pending.
+
+    ``capacity`` maps a batch key to the model's bound on steps per forward (None or missing:
+    only the policy's ``max_batch_items``)."""
+    if not pending:
+        return None
+    ranked = sorted(pending, key=lambda step: _order(step, now, policy))
+    head = ranked[0]
+    bound = (capacity or {}).get(head.key)
+    limit = policy.max_batch_items if bound is None else max(1, min(bound, policy.max_batch_items))
+    batch = [step for step in ranked if step.key == head.key][:limit]
+    if len(batch) < limit and all(step.fresh for step in pending):
+        deadline = min(step.ready_at for step in batch) + policy.max_wait_s
+        if now < deadline:
+            return WaitUntil(deadline)
+    return RunBatch(tuple(step.id for step in batch))

@@ -1,0 +1,94 @@
+"""The Denoiser's step scheduler as pure code: plain data in, plain data out."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.serving.step_scheduling import BatchPolicy, PendingStep, RunBatch, WaitUntil, next_batch, urgency
+
+POLICY = BatchPolicy(max_batch_items=4, max_wait_s=0.01, aging_s=1.0)
+A, B = ("shape-a",), ("shape-b",)
+
+
+def step(id, key=A, priority=0, ready_at=0.0, fresh=False):
+    return PendingStep(id=id, key=key, priority=priority, ready_at=ready_at, fresh=fresh)
+
+
+def test_nothing_pending_is_no_decision():
+    assert next_batch([], 0.0, POLICY) is None
+
+
+def test_compatible_steps_of_different_jobs_share_one_forward():
+    pending = [step(1), step(2, B), step(3), step(4)]
+    assert next_batch(pending, 1.0, POLICY) == RunBatch((1, 3, 4))
+
+
+def test_interactive_steps_go_first_when_the_batch_is_full():
+    pending = [step(i, priority=-1, ready_at=0.0) for i in range(4)] + [step(10 + i, priority=0, ready_at=0.5) for i in range(3)]
+    decision = next_batch(pending, 0.6, POLICY)
+    assert decision.ids[:3] == (10, 11, 12)
+    assert len(decision.ids) == 4 and decision.ids[3] in range(4)
+
+
+def test_the_head_decides_the_shape_so_higher_priority_work_of_another_shape_goes_first():
+    pending = [step(1, A, priority=-1, ready_at=0.0), step(2, A, priority=-1, ready_at=0.0), step(3, B, priority=0, ready_at=0.1)]
+    assert next_batch(pending, 0.2, POLICY) == RunBatch((3,))
+
+
+def test_waiting_batch_work_climbs_until_it_outranks_fresh_interactive_work():
+    old_batch = step(1, A, priority=-2, ready_at=0.0)
+    assert urgency(old_batch, 3.0, POLICY) == pytest.approx(1.0)
+    new_interactive = step(2, B, priority=0, ready_at=2.9)
+    assert next_batch([old_batch, new_interactive], 1.0, POLICY) == RunBatch((2,))  # not yet old enough
+    assert next_batch([old_batch, new_interactive], 3.0, POLICY) == RunBatch((1,))
+
+
+def test_a_saturating_interactive_stream_still_lets_batch_work_through():
+    """Simulate a replica that runs one forward per second, each new interactive step fresh at
+    the start of that second: batch steps still run, at least once every (gap x aging_s)."""
+    policy = BatchPolicy(max_batch_items=1, max_wait_s=0.0, aging_s=1.0)
+    batch_ids, interactive_id = [100, 101, 102], 0
+    pending = [step(i, priority=-3, ready_at=0.0) for i in batch_ids]
+    ran_batch_at = []
+    for second in range(20):
+        interactive_id += 1
+        pending.append(step(interactive_id, priority=0, ready_at=float(second)))
+        (chosen,) = next_batch(pending, float(second), policy).ids
+        pending = [p for p in pending if p.id != chosen]
+        if chosen >= 100:
+            ran_batch_at.append(second)
+    assert len(ran_batch_at) == 3
+    assert ran_batch_at[0] <= 4
+
+
+def test_capacity_from_the_memory_model_caps_the_batch():
+    pending = [step(i) for i in range(6)]
+    assert len(next_batch(pending, 1.0, POLICY, {A: 2}).ids) == 2
+    assert len(next_batch(pending, 1.0, POLICY, {A: None}).ids) == 4
+    assert len(next_batch(pending, 1.0, POLICY, {A: 0}).ids) == 1, "a window always runs, alone if need be"
+
+
+def test_an_idle_replica_waits_briefly_for_company_but_work_in_flight_never_waits():
+    fresh = [step(1, ready_at=1.0, fresh=True)]
+    assert next_batch(fresh, 1.0, POLICY) == WaitUntil(pytest.approx(1.01))
+    assert next_batch(fresh, 1.02, POLICY) == RunBatch((1,))
+    in_flight = fresh + [step(2, ready_at=1.0, fresh=False)]
+    assert next_batch(in_flight, 1.0, POLICY) == RunBatch((1, 2))
+    full = [step(i, ready_at=1.0, fresh=True) for i in range(4)]
+    assert next_batch(full, 1.0, POLICY) == RunBatch((0, 1, 2, 3)), "a full batch does not wait"
+
+
+def test_equal_urgency_runs_the_oldest_first():
+    pending = [step(2, ready_at=0.5), step(1, ready_at=0.2), step(3, ready_at=0.9)]
+    policy = BatchPolicy(max_batch_items=2, max_wait_s=0.0, aging_s=1e9)
+    assert next_batch(pending, 1.0, policy) == RunBatch((1, 2))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_items": 0, "max_wait_s": 0, "aging_s": 1}, "max_batch_items"),
+    ({"max_batch_items": 1, "max_wait_s": -1, "aging_s": 1}, "max_wait_s"),
+    ({"max_batch_items": 1, "max_wait_s": 0, "aging_s": 0}, "aging_s"),
+])
+def test_policy_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchPolicy(**kwargs)
