@@ -91,6 +91,7 @@ class StepBatcher:
         self._loop_task: asyncio.Task | None = None
         self._capacity: dict[Hashable, int | None] = {}
         self.forwards: collections.deque[Forward] = collections.deque(maxlen=history)
+        self.forwards_run = 0
         self.steps_run = 0
 
     @property
@@ -170,6 +171,7 @@ class StepBatcher:
                 await self._forward([window])
             return
         self.steps_run += len(windows)
+        self.forwards_run += 1
         self.forwards.append(Forward(
             size=len(windows), jobs=len({window.text_key for window in windows}),
             priorities=tuple(window.priority for window in windows), seconds=time.monotonic() - started,
@@ -244,6 +246,7 @@ class DenoiserEngine:
         forwards = list(self.batcher.forwards)[-last:] if last else list(self.batcher.forwards)
         return {
             "forwards": [dataclasses.asdict(forward) for forward in forwards],
+            "forwards_run": self.batcher.forwards_run,
             "steps_run": self.batcher.steps_run,
             "pending": self.batcher.pending,
             "pending_by_priority": self.batcher.pending_by_priority(),
