@@ -35,7 +35,7 @@ def build_app(config: TesseraConfig) -> serve.Application:
         config.model, config.expansion, d.prompt_expander.threads
     )
     denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(
-        config.model, d.denoiser.threads, config.batching
+        config.model, d.denoiser.threads, config.batching, config.jobs.interactive_min_priority
     )
     decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(
         config.model, config.video, d.decoder.threads

@@ -53,6 +53,31 @@ class AutoscalingConfig(_Strict):
     downscale_delay_s: float = Field(30.0, ge=0, description="Sustained idleness needed before removing replicas.")
     metrics_interval_s: float = Field(1.0, gt=0, description="How often replicas report load.")
     look_back_period_s: float = Field(5.0, gt=0, description="Window over which load is averaged.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="With min_replicas 0: sustained idleness before the last replica goes; None: downscale_delay_s."
+    )
+    policy: Literal["requests", "backlog"] = Field(
+        "requests", description="'requests': Serve's own policy (ongoing requests per replica, target_ongoing_requests). "
+        "'backlog' (Denoiser only): the windows its step schedulers hold, per priority class, over windows_per_replica "
+        "(serving/autoscaling.py)."
+    )
+    windows_per_replica: float = Field(
+        8.0, gt=0, description="'backlog' policy: windows one replica should hold (about its batch size, "
+        "batching.max_batch_items)."
+    )
+    batch_weight: float = Field(
+        0.5, ge=0, le=1, description="'backlog' policy: how much a batch-class window counts against an interactive one."
+    )
+
+    def serve_options(self) -> dict:
+        """Ray Serve's ``autoscaling_config``."""
+        options = self.model_dump(exclude_none=True, exclude={"policy", "windows_per_replica", "batch_weight"})
+        if self.policy == "backlog":
+            options["policy"] = {
+                "policy_function": "tessera.serving.autoscaling:BacklogPolicy",
+                "policy_kwargs": {"windows_per_replica": self.windows_per_replica, "batch_weight": self.batch_weight},
+            }
+        return options
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -115,7 +140,7 @@ class DeploymentConfig(_Strict):
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
         if self.autoscaling is not None:
-            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+            options["autoscaling_config"] = self.autoscaling.serve_options()
         else:
             options["num_replicas"] = self.num_replicas
         return options
@@ -148,6 +173,15 @@ class DeploymentsConfig(_Strict):
         DeploymentConfig(num_cpus=0.5, max_ongoing_requests=4, max_queued_requests=256),
         description="Video VAE decoding and H.264 encoding of time tiles.",
     )
+
+    @model_validator(mode="after")
+    def _backlog_policy_on_the_denoiser_only(self) -> DeploymentsConfig:
+        for name in ("gateway", "job_runner", "prompt_expander", "decoder"):
+            scaling = getattr(self, name).autoscaling
+            if scaling is not None and scaling.policy == "backlog":
+                raise ValueError(f"deployments.{name}.autoscaling.policy 'backlog' is for the denoiser only (it reports "
+                                 "the windows it holds); use 'requests'")
+        return self
 
 
 class StepBatchingConfig(_Strict):

@@ -98,6 +98,15 @@ class StepBatcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    def backlog(self, interactive_min_priority: int) -> dict[str, float]:
+        """Windows held (waiting or in a forward) and their outstanding window-steps, per class."""
+        out = {"interactive_windows": 0.0, "batch_windows": 0.0, "interactive_window_steps": 0.0, "batch_window_steps": 0.0}
+        for window in self._windows:
+            job_class = "interactive" if window.priority >= interactive_min_priority else "batch"
+            out[f"{job_class}_windows"] += 1
+            out[f"{job_class}_window_steps"] += window.steps - window.steps_done
+        return out
+
     def pending_by_priority(self) -> dict[int, int]:
         return dict(collections.Counter(step.priority for step, _ in self._pending.values()))
 
@@ -258,8 +267,9 @@ class Denoiser:
     """Serve shim around :class:`DenoiserEngine`."""
 
     def __init__(self, model_config: ModelConfig, threads: int | None = None,
-                 batching: StepBatchingConfig = StepBatchingConfig()):
+                 batching: StepBatchingConfig = StepBatchingConfig(), interactive_min_priority: int = 0):
         self.engine = DenoiserEngine(model_config, threads, batching)
+        self.interactive_min_priority = interactive_min_priority
 
     async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         async for update in self.engine.advance(work, report_every_s):
@@ -272,5 +282,6 @@ class Denoiser:
         return self.engine.batch_stats(last)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metric (Ray Serve): sampler steps waiting on this replica."""
-        return {"pending_steps": float(self.engine.batcher.pending)}
+        """Custom autoscaling metrics (Ray Serve; serving/autoscaling.py): the windows this replica
+        holds and their outstanding steps, per priority class."""
+        return self.engine.batcher.backlog(self.interactive_min_priority)
