@@ -97,6 +97,57 @@ class SimModelConfig(BaseModelConfig):
     )
 
 
+class OpenModelConfig(DeviceModelConfig):
+    """Fields shared by the open families backed by a local diffusers folder (``models/open``).
+    ``device`` and ``dtype`` place the denoiser (the transformer); the text encoder and the VAE
+    can be placed apart (e.g. the text encoder on the CPU while the transformer has the GPU)."""
+
+    path: Path = Field(
+        description="Local diffusers folder (model_index.json and one folder per component, as save_pretrained writes "
+        "it and as it is downloaded). Weights load from it only; nothing is downloaded."
+    )
+    name: str | None = Field(None, description="Model name on the card and in manifests; None: the folder's name.")
+    version: str | None = Field(
+        None,
+        description="Pin the weights' version (e.g. the hub revision); None: a sha256 of the weight files, computed "
+        "once per folder and cached (see models/open/common.py).",
+    )
+    text_encoder_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the text encoder; None: as `device`.")
+    text_encoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="dtype of the text encoder; None: as `dtype`."
+    )
+    vae_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the VAE; None: as `device`.")
+    vae_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="dtype of the VAE; None: as `dtype`.")
+    vae_tiling: bool = Field(False, description="Decode and encode in the VAE's own spatial tiles (less memory at large sizes).")
+    batch_guidance: bool = Field(
+        False,
+        description="Run guidance's conditional and unconditional branches as one batched forward (faster where the GPU "
+        "has room; equal to the pipeline's two forwards up to batching round-off) instead of two (bit-exact).",
+    )
+    max_side: int = Field(1280, ge=16, description="Largest width or height a request may ask for.")
+    max_steps: int = Field(200, ge=1, le=1000, description="Most sampler steps a request may ask for.")
+
+
+class WanModelConfig(OpenModelConfig):
+    """Wan 2.1 / 2.2 text to video (diffusers ``WanPipeline``; models/open/wan.py)."""
+
+    family: Literal["wan"] = Field("wan", description="Model family: Wan 2.1 / 2.2 text to video.")
+    vae_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        "float32", description="dtype of the VAE (diffusers' Wan examples keep it in float32); None: as `dtype`."
+    )
+    flow_shift: float | None = Field(
+        None, gt=0, description="Override the scheduler's flow_shift (Wan: 3.0 for 480p, 5.0 for 720p); None: the folder's."
+    )
+    guidance_scale_2: float | None = Field(
+        None, ge=0, description="Wan 2.2: guidance of the low-noise expert (transformer_2); None: the request's guidance."
+    )
+    max_sequence_length: int = Field(512, ge=1, description="Text tokens the encoder reads and the transformer attends to.")
+    fps: float = Field(16.0, gt=0, description="The frame rate the model renders at (Wan 2.1: 16).")
+    decode_context_frames: int = Field(
+        32, ge=0, description="Latent frames of causal context before each decode tile (see models/open/wan.py)."
+    )
+
+
 def _family(value: Any) -> str:
     """The ``family`` tag of a config given as data or as a model; missing means 'native'."""
     if isinstance(value, dict):
@@ -105,7 +156,11 @@ def _family(value: Any) -> str:
 
 
 ModelConfig = Annotated[
-    Union[Annotated[NativeModelConfig, Tag("native")], Annotated[SimModelConfig, Tag("sim")]],
+    Union[
+        Annotated[NativeModelConfig, Tag("native")],
+        Annotated[SimModelConfig, Tag("sim")],
+        Annotated[WanModelConfig, Tag("wan")],
+    ],
     Discriminator(_family),
 ]
 """Any family's config, chosen by its ``family`` field (default 'native')."""
@@ -113,6 +168,6 @@ ModelConfig = Annotated[
 MODEL_CONFIG_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
 
 
-def parse_model_config(data: Any) -> NativeModelConfig | SimModelConfig:
+def parse_model_config(data: Any) -> NativeModelConfig | SimModelConfig | WanModelConfig:
     """Validate plain data (a config file's ``model`` section) into the family's config."""
     return MODEL_CONFIG_ADAPTER.validate_python(data)

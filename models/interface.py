@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -190,6 +190,39 @@ class ModelCard:
     """Content hash of the weights, so two manifests name the same model only if the weights match."""
     geometry: LatentGeometry
     limits: ModelLimits
+    capabilities: ModelCapabilities = dataclasses.field(default_factory=lambda: ModelCapabilities())
+    """What the family can serve (modes, time tiling); the gateway checks requests against it."""
+
+    def require_mode(self, mode: str) -> None:
+        """Raise :class:`UnsupportedModeError` naming this model and ``mode`` unless the card lists it."""
+        if mode not in self.capabilities.modes:
+            supported = ", ".join(m for m in MODES if m in self.capabilities.modes)
+            raise UnsupportedModeError(f"model {self.name} does not support {mode} (it supports {supported})")
+
+
+MODES: tuple[str, ...] = (
+    "text_to_video", "image", "image_to_video", "extend", "edit", "transition", "loop", "multi_shot",
+)
+"""Every generation mode, by the name the job spec uses (``serving.jobs.spec.Mode`` values)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCapabilities:
+    """What a family can serve beyond its geometry and limits. The frame-count rule is the
+    geometry's :class:`TimeGrid` (``1 + temporal_factor * k`` frames: Wan 4k+1, LTX 8k+1)."""
+
+    modes: frozenset[str] = frozenset(MODES)
+    """Generation modes it serves. Modes that keep given frames (image to video, extend,
+    transition) need a denoiser trained with frame-mask conditioning."""
+    time_tiling: bool = True
+    """Whether a video longer than ``geometry.native_window`` latent frames may be denoised in
+    fused overlapping windows; False: one window, at most ``max_latent_frames`` long."""
+    max_latent_frames: int | None = None
+    """Longest video in latent frames the family renders (None: no limit of its own)."""
+
+
+class UnsupportedModeError(ValueError):
+    """A request asks for a mode the model's card does not list (gRPC ``FAILED_PRECONDITION``)."""
 
 
 @dataclasses.dataclass
@@ -250,6 +283,20 @@ class DenoiseWork:
     fps: float
     frames: FrameCondition | None = None
     sampler: Literal["euler", "heun"] = "euler"
+    solver_state: dict[str, Any] | None = None
+    """A multistep solver's history at ``sigmas[0]`` (UniPC, DPM-Solver keep past model outputs),
+    exactly as :meth:`VideoModel.step_with_state` returned it for the previous step of this item:
+    plain data (CPU tensors, numbers, lists). None: no history (the first step, a family whose
+    sampler has none, or a resumed job). Its tensors are ``(C, T, H, W)`` like the latents, so
+    windows that are fused can fuse them with the same weights."""
+
+
+@dataclasses.dataclass
+class StepResult:
+    """One work item advanced: its new latents and the solver state to send with its next step."""
+
+    latents: torch.Tensor  # (C, T, H, W) at sigmas[-1]
+    solver_state: dict[str, Any] | None = None
 
 
 class VideoModel(abc.ABC):
@@ -307,6 +354,14 @@ class VideoModel(abc.ABC):
         """How many items with ``work``'s batch key fit in one forward on this replica (the
         family's memory model); None: no bound of the model's own (the config's limit applies)."""
         return None
+
+    def step_with_state(self, work: list[DenoiseWork]) -> list[StepResult]:
+        """:meth:`step`, also returning each item's solver state after its last level.
+
+        A family with a multistep solver overrides this; the caller sends ``solver_state`` with
+        the item's next step (on any replica) so the trajectory is the one the family's own
+        sampler takes. The default (stateless samplers) returns no state."""
+        return [StepResult(latents) for latents in self.step(work)]
 
     # -- video autoencoder (part "vae") ------------------------------------------------
     @abc.abstractmethod

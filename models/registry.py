@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tessera.models.config import ModelConfig, NativeModelConfig
+from tessera.models.config import ModelConfig, NativeModelConfig, WanModelConfig
 from tessera.models.interface import ALL_PARTS, VideoModel
 
 
@@ -18,4 +18,8 @@ def load_model(config: ModelConfig, parts: Iterable[str] = ALL_PARTS) -> VideoMo
         from tessera.models.native.pipeline import NativeVideoModel
 
         return NativeVideoModel.load(config, parts)
+    if isinstance(config, WanModelConfig):
+        from tessera.models.open.wan import WanVideoModel
+
+        return WanVideoModel.load(config, parts)
     raise ValueError(f"unknown model family {config.family!r}")

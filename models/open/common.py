@@ -1,0 +1,352 @@
+"""Shared plumbing of the open families: a diffusers folder split into Tessera's stages.
+
+Each family (``wan.py``, ...) is one file that says how *its* pipeline maps onto the stage
+interface; what they all need lives here:
+
+* :class:`DiffusersFolder` reads a local diffusers folder (the ``model_index.json`` layout that
+  ``save_pretrained`` writes and that users download) without importing or loading weights, so
+  the control plane builds the model card from the JSON configs alone;
+* :func:`weights_version` hashes the weight files once per folder and caches the digest, keyed
+  by the files' names, sizes and modification times;
+* :func:`load_component` loads one component from the folder (``from_pretrained`` with
+  ``local_files_only=True``: nothing is downloaded) onto its stage's device and dtype;
+* :class:`SolverSchedule` makes the family's diffusers scheduler stateless from the Denoiser's
+  point of view: a work item's solver history travels as plain data (``DenoiseWork.solver_state``)
+  and is put back into a fresh copy of the scheduler on whichever replica takes the next step;
+* frame conversions between Tessera's ``uint8 (T, H, W, 3)`` and the pipelines' processors.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tessera.models.interface import PartNotLoadedError
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+VERSION_FILE = ".tessera-version.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# -- the folder ------------------------------------------------------------------------------
+class DiffusersFolder:
+    """A local diffusers pipeline folder: ``model_index.json`` and one folder per component."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path).expanduser().resolve()
+        index = self.path / "model_index.json"
+        if not index.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a diffusers folder: it has no model_index.json (give the folder that "
+                "save_pretrained wrote or that was downloaded, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"
+            )
+        self.index: dict[str, Any] = json.loads(index.read_text())
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.index.get("_class_name", "")
+
+    def component(self, name: str) -> tuple[str, str] | None:
+        """``(library, class name)`` of a component, or None when the pipeline has none."""
+        entry = self.index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None or entry[1] is None:
+            return None
+        return entry[0], entry[1]
+
+    def has(self, name: str) -> bool:
+        return self.component(name) is not None
+
+    @functools.cache
+    def config(self, name: str) -> dict[str, Any]:
+        """A component's JSON config (``config.json``, or ``scheduler_config.json``)."""
+        for file in ("config.json", "scheduler_config.json"):
+            path = self.path / name / file
+            if path.is_file():
+                return json.loads(path.read_text())
+        raise FileNotFoundError(f"{self.path / name} has no config.json or scheduler_config.json")
+
+    def weight_files(self) -> list[Path]:
+        """Every weight file of the components the pipeline lists, sorted."""
+        files: list[Path] = []
+        for name in sorted(self.index):
+            if self.has(name) and (self.path / name).is_dir():
+                files.extend(p for p in (self.path / name).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        return sorted(files)
+
+
+# -- the weights' version ----------------------------------------------------------------------
+def _cache_dir() -> Path:
+    return Path(os.environ.get("TESSERA_CACHE_DIR") or Path.home() / ".cache" / "tessera") / "weights-version"
+
+
+def _stat_key(folder: DiffusersFolder, files: list[Path]) -> list[list]:
+    return [[str(p.relative_to(folder.path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def weights_version(folder: DiffusersFolder) -> str:
+    """Short sha256 over every weight file's path, size and bytes, computed once per folder.
+
+    The digest is cached in ``<folder>/.tessera-version.json`` (or, when the folder is read-only,
+    under ``$TESSERA_CACHE_DIR``, default ``~/.cache/tessera``), keyed by the files' names, sizes
+    and modification times: a later call (any process, any stage) reads it instead of hashing,
+    and a changed file is hashed afresh. Pin ``version`` in the model config to skip hashing."""
+    files = folder.weight_files()
+    if not files:
+        raise FileNotFoundError(f"{folder.path} has no weight files ({', '.join(WEIGHT_SUFFIXES)}) in its component folders")
+    key = _stat_key(folder, files)
+    places = [folder.path / VERSION_FILE, _cache_dir() / (hashlib.sha256(str(folder.path).encode()).hexdigest()[:24] + ".json")]
+    for place in places:
+        try:
+            cached = json.loads(place.read_text())
+        except (OSError, ValueError):
+            continue
+        if cached.get("files") == key and isinstance(cached.get("sha256"), str):
+            return cached["sha256"][:12]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder.path)}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    record = json.dumps({"folder": str(folder.path), "files": key, "sha256": digest.hexdigest()})
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=place.parent, delete=False, suffix=".tmp") as tmp:
+                tmp.write(record)
+            os.replace(tmp.name, place)
+            break
+        except OSError:
+            continue
+    return digest.hexdigest()[:12]
+
+
+# -- devices and loading -----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where one stage's modules live."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+def placement(device: str, dtype: str) -> Placement:
+    """``device`` 'auto'/'cpu'/'cuda'/'cuda:N' and ``dtype`` 'auto' or a name; 'auto' dtype is
+    bfloat16 on CUDA and float32 on CPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if dtype == "auto":
+        return Placement(chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32)
+    return Placement(chosen, DTYPES[dtype])
+
+
+def load_component(folder: DiffusersFolder, name: str, where: Placement | None):
+    """One component from the folder, from local files only. Torch modules are built with empty
+    weights and materialised by accelerate straight onto ``where`` (``device_map``) in its dtype;
+    tokenizers load with ``AutoTokenizer``."""
+    entry = folder.component(name)
+    if entry is None:
+        raise FileNotFoundError(f"{folder.path} has no {name} (model_index.json lists none)")
+    library, class_name = entry
+    source = folder.path / name
+    if "tokenizer" in name:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    cls = getattr(importlib.import_module(library), class_name)
+    if where is None:
+        return cls.from_pretrained(source, local_files_only=True)
+    kwargs: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": True}
+    kwargs["dtype"] = where.dtype
+    if where.device.type == "cuda":
+        kwargs["device_map"] = {"": str(where.device)}
+    module = cls.from_pretrained(source, **kwargs)
+    if where.device.type != "cuda":
+        module = module.to(where.device)
+    return module.eval().requires_grad_(False)
+
+
+def require(part: str, value):
+    if value is None:
+        raise PartNotLoadedError(f"part {part!r} was not loaded; load_model(..., parts={{{part!r}, ...}})")
+    return value
+
+
+# -- the stateless multistep solver ------------------------------------------------------------
+SOLVER_ATTRIBUTES = (
+    "_step_index", "_begin_index", "model_outputs", "timestep_list", "lower_order_nums", "last_sample",
+    "this_order", "prev_derivative", "dt", "sample",
+)
+"""The mutable per-trajectory attributes of diffusers' schedulers (UniPC, DPM-Solver++,
+flow-match Euler/Heun); everything else a scheduler holds is fixed by its config and step count."""
+
+
+def _to(value, device: torch.device | str):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    return value
+
+
+class SolverSchedule:
+    """A family's diffusers scheduler, made stateless for the Denoiser.
+
+    ``sigmas(steps)`` are the scheduler's own levels after ``set_timesteps(steps)``. A work item
+    is placed on its schedule by its ``solver_state`` (``steps``, ``index``) or, without one, by
+    finding the step count whose levels contain the item's ``sigmas`` (the first step of a job, or
+    a job resumed from a checkpoint). The first level may lie off the schedule when the rest lies
+    on it: SDEdit noises its input to exactly its strength and then joins the schedule (the level
+    replaces the schedule's previous one for this trajectory, and the state remembers it).
+    :meth:`start` gives a fresh copy of the scheduler positioned at the item's first level with its
+    history put back; :meth:`state` reads the history out again. Nothing of a trajectory stays in
+    this object."""
+
+    def __init__(self, scheduler, max_steps: int):
+        if getattr(scheduler.config, "solver_p", None):
+            raise ValueError("schedulers with a solver_p are not supported")
+        self.template = scheduler
+        self.max_steps = max_steps
+
+    @property
+    def name(self) -> str:
+        return type(self.template).__name__
+
+    @functools.lru_cache(maxsize=64)
+    def _at(self, steps: int):
+        scheduler = copy.deepcopy(self.template)
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    @functools.lru_cache(maxsize=1024)
+    def sigmas(self, steps: int) -> tuple[float, ...]:
+        if not 1 <= steps <= self.max_steps:
+            raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
+        return tuple(float(s) for s in self._at(steps).sigmas)
+
+    def top(self) -> float:
+        """The first level of every schedule (pure noise in the pipelines)."""
+        return self.sigmas(1)[0]
+
+    def _find(self, sigmas: tuple[float, ...]) -> tuple[int, int] | None:
+        """The fewest steps whose levels contain ``sigmas`` as a run, and where the run starts."""
+        for steps in range(max(1, len(sigmas) - 1), self.max_steps + 1):
+            levels = self.sigmas(steps)
+            for index in range(len(levels) - len(sigmas) + 1):
+                if levels[index] < sigmas[0]:
+                    break
+                if levels[index : index + len(sigmas)] == sigmas:
+                    return steps, index
+        return None
+
+    def locate(self, sigmas: tuple[float, ...], state: dict | None) -> tuple[int, int, float | None]:
+        """``(steps, index, first)``: the schedule the item's levels belong to, where they start,
+        and the off-schedule level that stands in for the schedule's at ``index`` (or None)."""
+        sigmas = tuple(float(s) for s in sigmas)
+        if state is not None:
+            steps, index, first = int(state["steps"]), int(state["index"]), state.get("first")
+            levels = list(self.sigmas(steps))
+            if first is not None:
+                levels[int(state["first_index"])] = first
+            if tuple(levels[index : index + len(sigmas)]) != sigmas:
+                raise ValueError(f"solver state at step {index} of {steps} does not match the item's noise levels {sigmas[:3]}")
+            return steps, index, None
+        found = self._find(sigmas)
+        if found is not None:
+            return found[0], found[1], None
+        if len(sigmas) >= 2 and sigmas[0] > sigmas[1]:
+            found = self._find(sigmas[1:])
+            if found is not None and found[1] >= 1 and self.sigmas(found[0])[found[1] - 1] > sigmas[0]:
+                return found[0], found[1] - 1, sigmas[0]
+        raise ValueError(
+            f"noise levels {sigmas} are not on any {self.name} schedule of 1 to {self.max_steps} steps; "
+            "take them from the model's sigmas(steps)"
+        )
+
+    def start(self, sigmas: tuple[float, ...], state: dict | None):
+        """A fresh scheduler at the item's first level, with its history from ``state``."""
+        steps, index, first = self.locate(sigmas, state)
+        scheduler = copy.deepcopy(self._at(steps))
+        scheduler._step_index = index
+        scheduler._begin_index = index
+        scheduler.tessera_position = {"steps": steps, "first": None, "first_index": None}
+        if state is not None and state.get("first") is not None:
+            first, first_index = state["first"], int(state["first_index"])
+        else:
+            first_index = index
+        if first is not None:
+            self._replace_level(scheduler, first_index, first)
+            scheduler.tessera_position.update(first=first, first_index=first_index)
+        if state is not None:
+            for name, value in state["scheduler"].items():
+                setattr(scheduler, name, copy.copy(value))
+        return scheduler
+
+    @staticmethod
+    def _replace_level(scheduler, index: int, level: float) -> None:
+        sigmas = scheduler.sigmas.clone()
+        sigmas[index] = level
+        timesteps = scheduler.timesteps.clone()
+        timesteps[index] = torch.tensor(level * scheduler.config.num_train_timesteps, dtype=torch.float64).to(timesteps.dtype)
+        scheduler.sigmas, scheduler.timesteps = sigmas, timesteps
+
+    def timestep(self, scheduler) -> torch.Tensor:
+        """The timestep the denoiser is called with at the scheduler's current level."""
+        return scheduler.timesteps[scheduler.step_index]
+
+    @staticmethod
+    def state(scheduler) -> dict[str, Any]:
+        """The scheduler's history as plain CPU data (``DenoiseWork.solver_state``)."""
+        history = {name: _to(getattr(scheduler, name), "cpu") for name in SOLVER_ATTRIBUTES if name in vars(scheduler)}
+        return {**scheduler.tessera_position, "index": scheduler.step_index, "scheduler": history}
+
+    @staticmethod
+    def to_device(scheduler, device: torch.device) -> None:
+        """Move the history's tensors next to the latents."""
+        for name in SOLVER_ATTRIBUTES:
+            if name in vars(scheduler):
+                setattr(scheduler, name, _to(getattr(scheduler, name), device))
+
+
+def flow_add_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: float, top: float) -> torch.Tensor:
+    """Rectified-flow noising as the flow schedulers write it (``alpha_t * x0 + sigma_t * noise``,
+    ``alpha_t = 1 - sigma_t``); at the schedule's first level the latents are the noise itself,
+    as the pipelines start text to video from pure noise."""
+    if sigma >= top:
+        return noise.clone()
+    sigma_t = torch.tensor(sigma, dtype=torch.float32)
+    alpha_t = 1 - sigma_t
+    return alpha_t * latents + sigma_t * noise
+
+
+# -- frames ------------------------------------------------------------------------------------
+def video_to_uint8(video_processor, video: torch.Tensor) -> torch.Tensor:
+    """A decoded ``(1, 3, T, H, W)`` video in [-1, 1] to ``uint8 (T, H, W, 3)`` through the
+    pipeline's own post-processing (the values its 'np' output has, scaled to 0..255 and rounded
+    as its 'pil' output is)."""
+    frames = video_processor.postprocess_video(video, output_type="pt")[0]  # (T, 3, H, W) in [0, 1]
+    return (frames.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def uint8_to_video(video_processor, frames: torch.Tensor) -> torch.Tensor:
+    """``uint8 (T, H, W, 3)`` frames to the pipeline's ``(1, 3, T, H, W)`` input in [-1, 1], as its
+    processor makes it from PIL frames (``x / 255``, then ``2x - 1``)."""
+    frames = torch.as_tensor(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    array = frames.numpy().astype("float32") / 255.0
+    return video_processor.preprocess_video(array, height=frames.shape[1], width=frames.shape[2])

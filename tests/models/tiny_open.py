@@ -1,0 +1,69 @@
+"""Tiny random diffusers pipelines for the open families' tests, built locally (nothing is
+fetched from a hub), the way diffusers' own tests build theirs: 2 layers, a few channels, a
+word-level tokenizer made with ``tokenizers``. Each builder saves the pipeline with
+``save_pretrained`` into a folder and returns it, so the tests serve the family from that folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a red green blue yellow circle square ball cat dog moving to the right left up down bouncing slowly "
+    "fast in on of and with bright dark sky grass water"
+).split()
+
+
+def word_tokenizer(max_length: int = 512):
+    """A ``PreTrainedTokenizerFast`` over :data:`WORDS`: pad 0, eos 1 (appended), unknown 2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: index + 3 for index, word in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
+    )
+
+
+def umt5_encoder(d_model: int = 32):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=64, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return UMT5EncoderModel(config).eval()
+
+
+def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0) -> Path:
+    """A tiny Wan 2.1 ``WanPipeline`` (UniPC, as the released folders have), or with
+    ``two_experts`` a Wan 2.2-style one (``transformer_2`` below ``boundary_ratio`` 0.5)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        ).eval()
+
+    pipe = WanPipeline(
+        tokenizer=word_tokenizer(),
+        text_encoder=umt5_encoder(32),
+        vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]).eval(),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000, solver_order=2,
+        ),
+        transformer=transformer(),
+        transformer_2=transformer() if two_experts else None,
+        boundary_ratio=0.5 if two_experts else None,
+    )
+    pipe.save_pretrained(folder)
+    return folder
