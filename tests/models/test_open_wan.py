@@ -2,12 +2,15 @@
 pipeline built in the test and served from the folder ``save_pretrained`` wrote (CPU, float32,
 nothing downloaded).
 
-Faithfulness tolerance: **bit-exact**. The stages run the pipeline's own components in the
-same order with the same arguments (guidance's two branches as two forwards, one video per
-call, the scheduler's own ``step`` with its history carried in ``solver_state``), so on the
-same machine the latents equal ``WanPipeline.__call__``'s exactly and the frames equal its
-``np`` output scaled to 0..255 and rounded. Batching several work items in one forward
-(different jobs at different steps) is equal up to batching round-off: stated below as 1e-5.
+Faithfulness tolerance: ``FAITHFUL`` = 1e-5 absolute on latents of magnitude ~1-5, and 1 uint8
+level on frames; measured here: **0** (bit-exact). The stages run the pipeline's own components
+in the same order with the same arguments (guidance's two branches as two forwards, one video
+per call, the scheduler's own ``step`` with its history carried in ``solver_state``), so the
+latents equal ``WanPipeline.__call__``'s exactly and the frames equal its ``np`` output scaled to
+0..255 and rounded. The tolerance is there because CPU BLAS kernels may round differently for
+differently aligned copies of the same weights (a ``copy.deepcopy`` of the model: ~2e-6).
+Batching several work items in one forward (different jobs at different steps) is equal up to
+batching round-off: ``BATCH_TOLERANCE`` = 1e-5.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ HEIGHT = WIDTH = 32
 FRAMES = 9  # 4k+1: 3 latent frames
 STEPS, GUIDANCE, TEXT_LENGTH = 3, 5.0, 16
 LATENT_SHAPE = (16, 3, HEIGHT // 8, WIDTH // 8)
+FAITHFUL = 1e-5
 BATCH_TOLERANCE = 1e-5
 
 
@@ -100,9 +104,32 @@ def test_stages_reproduce_the_pipeline_bit_exactly(stages, pipe):
     reference = pipe(**common, latents=noise(), output_type="latent").frames[0]
     video = pipe(**common, latents=noise(), output_type="np").frames[0]  # (T, H, W, 3) float in [0, 1]
 
-    assert (latents - reference).abs().max().item() == 0.0
+    assert (latents - reference).abs().max().item() <= FAITHFUL
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.dtype == torch.uint8
-    assert torch.equal(frames, torch.from_numpy(np.round(video * 255).astype(np.uint8)))
+    expected = torch.from_numpy(np.round(video * 255).astype(np.uint8))
+    assert (frames.int() - expected.int()).abs().max().item() <= 1
+
+
+def test_wan22_two_experts_reproduce_the_pipeline(tmp_path):
+    """Wan 2.2 A14B layout: ``transformer`` above the boundary timestep (0.8 * 1000), ``transformer_2``
+    below it with its own guidance; 4 steps cross the boundary (timesteps 999, 900 | 750, 500)."""
+    from diffusers import WanPipeline
+
+    guidance_2 = 2.0
+
+    folder = wan_t2v(tmp_path / "tiny-wan2.2", seed=1, two_experts=True)
+    pipe = WanPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=4,
+                     guidance_scale=GUIDANCE, guidance_scale_2=guidance_2, max_sequence_length=TEXT_LENGTH, latents=noise(),
+                     output_type="latent").frames[0]
+    model, other = (load_model(config(folder, guidance_scale_2=guidance_2), parts={"text", "denoiser"}) for _ in range(2))
+    sigmas = model.sigmas(4)
+    latents = run_stages({"text": model, "denoisers": [model, other]}, noise()[0], sigmas)
+    assert (latents - reference).abs().max().item() <= FAITHFUL
+    text, negative = model.encode_text([PROMPT, NEGATIVE])
+    keys = [model.batch_key(DenoiseWork(noise()[0], tuple(sigmas[i : i + 2]), text, negative, GUIDANCE, 16.0)) for i in range(4)]
+    assert [key[-1] for key in keys] == [0, 0, 1, 1]  # the expert is part of the batch key
 
 
 def test_solver_state_carries_the_multistep_history(stages):
@@ -165,7 +192,7 @@ def test_edit_reproduces_the_video_to_video_pipeline(stages, folder, pipe, monke
     clean = stages["vae"].encode_video(clip)
     drawn = randn_tensor((1, *LATENT_SHAPE), generator=torch.Generator().manual_seed(5), dtype=torch.float32)[0]
     latents = run_stages(stages, model.add_noise(clean, drawn, sigmas[0]), sigmas)
-    assert (latents - reference).abs().max().item() == 0.0
+    assert (latents - reference).abs().max().item() <= FAITHFUL
 
 
 def test_edit_strength_off_the_schedule(stages):

@@ -42,7 +42,7 @@ def umt5_encoder(d_model: int = 32):
 
 def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0) -> Path:
     """A tiny Wan 2.1 ``WanPipeline`` (UniPC, as the released folders have), or with
-    ``two_experts`` a Wan 2.2-style one (``transformer_2`` below ``boundary_ratio`` 0.5)."""
+    ``two_experts`` a Wan 2.2 A14B-style one (``transformer_2`` below ``boundary_ratio`` 0.8)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -63,7 +63,7 @@ def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
         ),
         transformer=transformer(),
         transformer_2=transformer() if two_experts else None,
-        boundary_ratio=0.5 if two_experts else None,
+        boundary_ratio=0.8 if two_experts else None,
     )
     pipe.save_pretrained(folder)
     return folder
