@@ -383,6 +383,34 @@ class PartNotLoadedError(RuntimeError):
     """A stage method was called on a model loaded without that part."""
 
 
+def check_denoise_work(item: DenoiseWork, latent_channels: int, patch_size: tuple[int, int, int]) -> None:
+    """Raise ``ValueError`` naming the first problem of a work item, for a family with this many
+    latent channels and this patch: latents ``(C, T, H, W)`` on the patch grid, at least two
+    non-increasing noise levels in [0, 1], guidance >= 0, fps > 0, a known sampler, and a frame
+    condition of the latents' shape. (Text conditioning is checked by each family.)"""
+    pt, ph, pw = patch_size
+    if item.latents.ndim != 4 or item.latents.shape[0] != latent_channels:
+        raise ValueError(f"latents must be ({latent_channels}, T, H, W), got {tuple(item.latents.shape)}")
+    _, t, h, w = item.latents.shape
+    if t % pt or h % ph or w % pw:
+        raise ValueError(f"latent grid {(t, h, w)} must be divisible by the patch size {(pt, ph, pw)}")
+    if len(item.sigmas) < 2 or any(b > a for a, b in zip(item.sigmas, item.sigmas[1:])):
+        raise ValueError(f"sigmas must be at least two non-increasing levels, got {item.sigmas}")
+    if not all(0.0 <= s <= 1.0 for s in item.sigmas):
+        raise ValueError(f"sigmas must lie in [0, 1], got {item.sigmas}")
+    if item.guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {item.guidance_scale}")
+    if item.fps <= 0:
+        raise ValueError(f"fps must be > 0, got {item.fps}")
+    if item.sampler not in ("euler", "heun"):
+        raise ValueError(f"unknown sampler {item.sampler!r}")
+    if item.frames is not None:
+        if tuple(item.frames.latents.shape) != tuple(item.latents.shape):
+            raise ValueError(f"frame condition latents {tuple(item.frames.latents.shape)} differ from {tuple(item.latents.shape)}")
+        if tuple(item.frames.mask.shape) != (t,):
+            raise ValueError(f"frame condition mask must be ({t},), got {tuple(item.frames.mask.shape)}")
+
+
 def splitmix64(value: int) -> int:
     """A well-mixed 64-bit hash of an integer (SplitMix64), to derive per-frame seeds."""
     value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF

@@ -22,6 +22,7 @@ from tessera.models.interface import (
     PartNotLoadedError,
     TextConditioning,
     VideoModel,
+    check_denoise_work,
 )
 from tessera.models.native import sampler
 from tessera.models.native.configs import NativeConfig, get_config
@@ -185,31 +186,10 @@ class NativeVideoModel(VideoModel):
         return sampler.add_noise(latents, noise, sigma)
 
     def check_work(self, item: DenoiseWork) -> None:
-        c = self.native.vae.latent_channels
-        pt, ph, pw = self.native.dit.patch_size
-        if item.latents.ndim != 4 or item.latents.shape[0] != c:
-            raise ValueError(f"latents must be ({c}, T, H, W), got {tuple(item.latents.shape)}")
-        _, t, h, w = item.latents.shape
-        if t % pt or h % ph or w % pw:
-            raise ValueError(f"latent grid {(t, h, w)} must be divisible by the patch size {(pt, ph, pw)}")
-        if len(item.sigmas) < 2 or any(b > a for a, b in zip(item.sigmas, item.sigmas[1:])):
-            raise ValueError(f"sigmas must be at least two non-increasing levels, got {item.sigmas}")
-        if not all(0.0 <= s <= 1.0 for s in item.sigmas):
-            raise ValueError(f"sigmas must lie in [0, 1], got {item.sigmas}")
-        if item.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {item.guidance_scale}")
-        if item.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {item.fps}")
-        if item.sampler not in ("euler", "heun"):
-            raise ValueError(f"unknown sampler {item.sampler!r}")
+        check_denoise_work(item, self.native.vae.latent_channels, self.native.dit.patch_size)
         for text in (item.text, item.negative_text):
             if text is not None and (text.tokens.ndim != 2 or text.tokens.shape[1] != self.native.dit.text_dim):
                 raise ValueError(f"text tokens must be (N, {self.native.dit.text_dim}), got {tuple(text.tokens.shape)}")
-        if item.frames is not None:
-            if tuple(item.frames.latents.shape) != tuple(item.latents.shape):
-                raise ValueError(f"frame condition latents {tuple(item.frames.latents.shape)} differ from {tuple(item.latents.shape)}")
-            if tuple(item.frames.mask.shape) != (t,):
-                raise ValueError(f"frame condition mask must be ({t},), got {tuple(item.frames.mask.shape)}")
 
     @staticmethod
     def _uses_guidance(item: DenoiseWork) -> bool:
