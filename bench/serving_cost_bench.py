@@ -107,8 +107,8 @@ def hop(args: argparse.Namespace) -> list[dict]:
 
         async def advance_batch(self, works: list[StepWork]) -> tuple[list[torch.Tensor], float]:
             started = time.perf_counter()
-            latents = await self.engine.advance_batch(works)
-            return latents, time.perf_counter() - started
+            results = await self.engine.advance_batch(works)
+            return [result.latents for result in results], time.perf_counter() - started
 
     engine = DenoiserEngine(MODEL, THREADS)
     torch.set_num_threads(THREADS)

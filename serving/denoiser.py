@@ -32,7 +32,7 @@ import torch
 from ray import serve
 
 from tessera.models.config import ModelConfig
-from tessera.models.interface import DenoiseWork
+from tessera.models.interface import DenoiseWork, StepResult
 from tessera.models.registry import load_model
 from tessera.serving.config import StepBatchingConfig
 from tessera.serving.stages import DenoiseUpdate, ModelThread, StepWork, TextCache
@@ -47,12 +47,13 @@ class _Window:
     def __init__(self, work: DenoiseWork, text_key: str, priority: int):
         self.work = work
         self.latents = work.latents
+        self.solver_state = work.solver_state
         self.steps_done = 0
         self.text_key = text_key
         self.priority = priority
         self.key = None
-        self.updates: asyncio.Queue[tuple[int, torch.Tensor] | BaseException] = asyncio.Queue()
-        """(steps done, latents) after every step; an exception if the window failed."""
+        self.updates: asyncio.Queue[tuple[int, StepResult] | BaseException] = asyncio.Queue()
+        """(steps done, latents and solver state) after every step; an exception if the window failed."""
 
     @property
     def steps(self) -> int:
@@ -60,7 +61,8 @@ class _Window:
 
     def next_step(self) -> DenoiseWork:
         index = self.steps_done
-        return dataclasses.replace(self.work, latents=self.latents, sigmas=tuple(self.work.sigmas[index : index + 2]))
+        return dataclasses.replace(self.work, latents=self.latents, sigmas=tuple(self.work.sigmas[index : index + 2]),
+                                   solver_state=self.solver_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,8 @@ class Forward:
     """Distinct text conditionings in it (a proxy for distinct jobs)."""
     priorities: tuple[int, ...]
     seconds: float
+    started_at: float = 0.0
+    """Wall-clock time (``time.time()``) the forward started: benches line forwards of several replicas up."""
 
 
 class StepBatcher:
@@ -110,8 +114,8 @@ class StepBatcher:
     def pending_by_priority(self) -> dict[int, int]:
         return dict(collections.Counter(step.priority for step, _ in self._pending.values()))
 
-    async def advance(self, work: DenoiseWork, text_key: str, priority: int) -> AsyncIterator[tuple[int, torch.Tensor]]:
-        """``work`` through all its noise levels: (steps done, latents) after every step."""
+    async def advance(self, work: DenoiseWork, text_key: str, priority: int) -> AsyncIterator[tuple[int, StepResult]]:
+        """``work`` through all its noise levels: (steps done, latents and solver state) after every step."""
         if self._loop_task is None or self._loop_task.done():  # first call, or a new event loop (in-process use)
             self._arrived = asyncio.Event()
             self._loop_task = asyncio.ensure_future(self._loop())
@@ -168,9 +172,9 @@ class StepBatcher:
             await self._forward(windows)
 
     async def _forward(self, windows: list[_Window]) -> None:
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         try:
-            outputs = await self._thread.run(self.model.step, [window.next_step() for window in windows])
+            outputs = await self._thread.run(self.model.step_with_state, [window.next_step() for window in windows])
         except Exception as error:
             if len(windows) == 1:
                 windows[0].updates.put_nowait(error)
@@ -184,11 +188,12 @@ class StepBatcher:
         self.forwards.append(Forward(
             size=len(windows), jobs=len({window.text_key for window in windows}),
             priorities=tuple(window.priority for window in windows), seconds=time.monotonic() - started,
+            started_at=started_at,
         ))
         for window, output in zip(windows, outputs, strict=True):
             if window not in self._windows:  # its caller went away during the forward
                 continue
-            window.latents = output
+            window.latents, window.solver_state = output.latents, output.solver_state
             window.steps_done += 1
             window.updates.put_nowait((window.steps_done, output))
             if window.steps_done < window.steps:
@@ -210,17 +215,17 @@ class DenoiserEngine:
             raise ValueError(f"a work item needs at least two noise levels, got {work_item.sigmas}")
         return work_item
 
-    async def _steps(self, step_work: StepWork) -> AsyncIterator[tuple[int, torch.Tensor]]:
-        """``step_work`` through all its noise levels, one batched step at a time: (steps done, latents)."""
+    async def _steps(self, step_work: StepWork) -> AsyncIterator[tuple[int, StepResult]]:
+        """``step_work`` through all its noise levels, one batched step at a time: (steps done, result)."""
         work = await self._resolve(step_work)
         async for update in self.batcher.advance(work, step_work.text.key, step_work.priority):
             yield update
 
-    async def _advance_all(self, step_work: StepWork) -> torch.Tensor:
-        latents = step_work.latents
-        async for _, latents in self._steps(step_work):
+    async def _advance_all(self, step_work: StepWork) -> StepResult:
+        result = StepResult(step_work.latents, step_work.solver_state)
+        async for _, result in self._steps(step_work):
             pass
-        return latents
+        return result
 
     async def advance(self, step_work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         """Steps done so far after each sampler step, or after the first step that ends at least
@@ -229,13 +234,14 @@ class DenoiserEngine:
             raise ValueError(f"report_every_s must be >= 0, got {report_every_s}")
         steps = len(step_work.sigmas) - 1
         reported = time.monotonic()
-        async for done, latents in self._steps(step_work):
+        async for done, result in self._steps(step_work):
             last = done == steps
             if last or time.monotonic() - reported >= report_every_s:
                 reported = time.monotonic()
-                yield DenoiseUpdate(steps_done=done, latents=latents if last else None)
+                yield DenoiseUpdate(steps_done=done, latents=result.latents if last else None,
+                                    solver_state=result.solver_state if last else None)
 
-    async def advance_batch(self, step_works: list[StepWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, step_works: list[StepWork]) -> list[StepResult]:
         """Several windows through the same noise levels; each step of theirs is batched with
         whatever else is pending on this replica."""
         if not step_works:
@@ -275,11 +281,12 @@ class Denoiser:
         async for update in self.engine.advance(work, report_every_s):
             yield update
 
-    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[StepResult]:
         return await self.engine.advance_batch(works)
 
     async def batch_stats(self, last: int | None = None) -> dict:
-        return self.engine.batch_stats(last)
+        """The engine's :meth:`DenoiserEngine.batch_stats` and which replica answered."""
+        return {**self.engine.batch_stats(last), "replica": serve.get_replica_context().replica_id.unique_id}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom autoscaling metrics (Ray Serve; serving/autoscaling.py): the windows this replica

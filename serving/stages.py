@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
-from tessera.models.interface import DenoiseWork, FrameCondition, TextConditioning
+from tessera.models.interface import DenoiseWork, FrameCondition, StepResult, TextConditioning
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,10 +84,13 @@ class StepWork:
     sampler: Literal["euler", "heun"] = "euler"
     priority: int = 0
     """The job's priority: the Denoiser's step scheduler runs higher first (interactive >= 0, batch < 0)."""
+    solver_state: dict[str, Any] | None = None
+    """A multistep solver's history at ``sigmas[0]`` (see :class:`DenoiseWork`), as the previous call returned it."""
 
     def resolve(self, text: TextConditioning, negative: TextConditioning | None) -> DenoiseWork:
         return DenoiseWork(latents=self.latents, sigmas=self.sigmas, text=text, negative_text=negative,
-                           guidance_scale=self.guidance_scale, fps=self.fps, frames=self.frames, sampler=self.sampler)
+                           guidance_scale=self.guidance_scale, fps=self.fps, frames=self.frames, sampler=self.sampler,
+                           solver_state=self.solver_state)
 
 
 class TextCache:
@@ -121,6 +124,8 @@ class DenoiseUpdate:
 
     steps_done: int
     latents: torch.Tensor | None = None  # (C, T, H, W), only on the last update
+    solver_state: dict[str, Any] | None = None
+    """The solver's history after the last level (only on the last update; None for stateless samplers)."""
 
 
 @dataclasses.dataclass
@@ -180,8 +185,8 @@ class Stages(Protocol):
         """One window through all its noise levels, with progress at most every ``report_every_s``."""
         ...
 
-    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
-        """Several windows advanced through the same noise levels in one call, as one batch."""
+    async def advance_batch(self, works: list[StepWork]) -> list[StepResult]:
+        """Several windows advanced through the same noise levels in one call: latents and solver state of each."""
         ...
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile: ...
@@ -254,7 +259,7 @@ class ServeStages:
                 logger.warning("denoising a window: its replica was lost (%s); retrying", type(error).__name__)
                 await asyncio.sleep(0.5)
 
-    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[StepResult]:
         return await self._retrying("denoising windows", lambda: self._denoiser.advance_batch.remote(works))
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
@@ -283,7 +288,7 @@ class LocalStages:
         async for update in self._denoiser.advance(work, report_every_s):
             yield update
 
-    async def advance_batch(self, works: list[StepWork]) -> list[torch.Tensor]:
+    async def advance_batch(self, works: list[StepWork]) -> list[StepResult]:
         return await self._denoiser.advance_batch(works)
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:

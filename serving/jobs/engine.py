@@ -294,7 +294,7 @@ class JobEngine:
             record.attempts += 1
             await leased.write()
             job_plan = plan_job(record.spec, self.model.geometry, self.tiling)
-            groups = len(job_plan.step_groups(len(job_plan.schedule(self.model.sigmas(record.spec.steps))) - 1))
+            groups = len(job_plan.step_groups(len(job_plan.noise_levels(self.model, record.spec.steps)) - 1))
             resume = await self._load_checkpoint(record)
             record.resumed_from_groups = resume[0] if resume else 0
             control = AttemptControl(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tessera.models.interface import LatentGeometry, TimeGrid
+from tessera.models.interface import LatentGeometry, TimeGrid, VideoModel
 from tessera.serving.jobs.planner import DecodeTile, RenderPlan, TilingOptions, Window, fused_windows, plan_render, plan_windows
 from tessera.serving.jobs.spec import Mode, RenderSpec, ShotTransition
 
@@ -121,6 +121,11 @@ class JobPlan:
     def schedule(self, sigmas: list[float]) -> list[float]:
         """The noise levels this job samples through, given the model's full schedule."""
         return sigmas if self.start_sigma is None else edit_schedule(sigmas, self.start_sigma)
+
+    def noise_levels(self, model: VideoModel, steps: int) -> list[float]:
+        """The noise levels this job samples through: the model's schedule for this video's latent
+        shape (a family may shift it by the token count), cut to SDEdit's strength."""
+        return self.schedule(model.sigmas_for(steps, self.render.latent_shape))
 
     def given_frames(self) -> list[int]:
         return sorted({t for p in self.given for t in range(p.latent_start, p.latent_stop)})

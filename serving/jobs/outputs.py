@@ -299,7 +299,7 @@ def _mode_entries(model: VideoModel, store: ObjectStore, job: JobRecord, job_pla
     if spec.mode == Mode.EXTEND:
         entries["extend"] = {"new_frames": spec.extend_frames, "backward": spec.backward}
     if spec.mode == Mode.EDIT:
-        entries["edit"] = {"strength": spec.strength, "sigmas": job_plan.schedule(model.sigmas(spec.steps))}
+        entries["edit"] = {"strength": spec.strength, "sigmas": job_plan.noise_levels(model, spec.steps)}
     if spec.mode == Mode.TRANSITION:
         entries["transition"] = {"bridge_frames": spec.transition_frames, "bridge_s": spec.transition_frames / fps}
     if spec.shots:

@@ -80,7 +80,7 @@ class JobRenderer:
         timings.expand_s = time.monotonic() - t0
 
         t0 = time.monotonic()
-        total = len(job_plan.schedule(self.model.sigmas(spec.steps))) - 1
+        total = len(job_plan.noise_levels(self.model, spec.steps)) - 1
 
         def on_step(step: int) -> None:
             control.report(Progress(stage=Stage.DENOISING, step=step, total_steps=total, total_segments=tiles,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ class Sampler:
         """The clean latents ``(C, T, H, W)`` of the whole video. ``texts``: one per prompt of the
         plan; ``resume``: (step groups done, latents after them) from a checkpoint."""
         spec = job.spec
-        sigmas = job_plan.schedule(self.model.sigmas(spec.steps))  # SDEdit: only the levels below its strength
+        sigmas = job_plan.noise_levels(self.model, spec.steps)  # SDEdit: only the levels below its strength
         given = await self.given_frames(job, job_plan)
         if resume is not None:
             groups_done, latents = resume
@@ -94,15 +95,18 @@ class Sampler:
         groups = job_plan.step_groups(len(sigmas) - 1)
         if groups_done:
             hooks.on_step(groups[groups_done - 1][1])
+        state: SolverState = None  # a multistep solver's history over the whole video; none after a resume
         for index in range(groups_done, len(groups)):
             first, last = groups[index]
             await hooks.check()
             group_sigmas = tuple(sigmas[first : last + 1])
             roll = job_plan.roll(index)
-            rolled, works = await asyncio.to_thread(self._works, spec, windows, window_texts, latents, given, group_sigmas, roll)
+            rolled, works = await asyncio.to_thread(self._works, spec, windows, window_texts, latents, given, group_sigmas,
+                                                    roll, state)
             outputs: list[torch.Tensor | None] = [
                 None if work is not None else given.latents[:, w.start : w.stop].clone() for w, work in zip(windows, works)
             ]
+            states: list[SolverState] = [None] * len(windows)
             todo = [i for i, work in enumerate(works) if work is not None]
             if len(windows) == 1 and todo:
                 # One window: one streamed call, with progress as steps finish (coalesced when fast).
@@ -110,7 +114,7 @@ class Sampler:
                     hooks.on_step(first + update.steps_done)
                     await hooks.check()
                     if update.latents is not None:
-                        outputs[0] = update.latents
+                        outputs[0], states[0] = update.latents, update.solver_state
                 if outputs[0] is None:
                     raise RuntimeError("denoiser stream ended without latents")
             elif todo:
@@ -122,22 +126,28 @@ class Sampler:
                     if len(batch_results) != len(batch):
                         raise RuntimeError(f"the denoiser returned {len(batch_results)} windows for a batch of {len(batch)}")
                     for i, result in zip(batch, batch_results):
-                        outputs[i] = result
+                        outputs[i], states[i] = result.latents, result.solver_state
             latents = await asyncio.to_thread(self._combine, windows, outputs, rolled.shape[1], given, roll)
+            state = await asyncio.to_thread(combine_states, windows, states, rolled.shape[1], roll)
             if len(windows) > 1:
                 hooks.on_step(last)
             await hooks.after_group(index + 1, latents)
         return latents
 
     def _works(self, spec, windows: Sequence[Window], texts: Sequence[SharedText], latents: torch.Tensor,
-               given: FrameCondition | None, sigmas: tuple[float, ...], roll: int) -> tuple[torch.Tensor, list[StepWork | None]]:
-        """The step group's work items, sliced from the (rolled) latents."""
+               given: FrameCondition | None, sigmas: tuple[float, ...], roll: int,
+               state: SolverState) -> tuple[torch.Tensor, list[StepWork | None]]:
+        """The step group's work items, sliced from the (rolled) latents and solver state."""
         rolled = torch.roll(latents, shifts=-roll, dims=1) if roll else latents
-        return rolled, [self._work(spec, w, t, rolled, given, sigmas) for w, t in zip(windows, texts, strict=True)]
+        rolled_state = map_frames(state, lambda t: torch.roll(t, shifts=-roll, dims=-3)) if roll else state
+        return rolled, [
+            self._work(spec, w, t, rolled, given, sigmas, map_frames(rolled_state, lambda x, w=w: x[..., w.start : w.stop, :, :].contiguous()))
+            for w, t in zip(windows, texts, strict=True)
+        ]
 
     @staticmethod
     def _work(spec, window: Window, text: SharedText, latents: torch.Tensor, given: FrameCondition | None,
-              sigmas: tuple[float, ...]) -> StepWork | None:
+              sigmas: tuple[float, ...], state: SolverState = None) -> StepWork | None:
         """The window's work item; None when all its frames are given (nothing to generate)."""
         frames = None
         if given is not None:
@@ -148,7 +158,7 @@ class Sampler:
                 frames = FrameCondition(given.latents[:, window.start : window.stop].contiguous(), mask.contiguous())
         return StepWork(
             latents=latents[:, window.start : window.stop].contiguous(), sigmas=sigmas, text=text,
-            guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority,
+            guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority, solver_state=state,
         )
 
     @staticmethod
@@ -196,11 +206,51 @@ def fuse_windows(windows: Sequence[Window], outputs: Sequence[torch.Tensor], lat
     The plan's weights sum to one per frame, so frames every window agrees on come out
     unchanged, and overlapping frames are convex combinations of the windows covering them."""
     first = outputs[0]
-    fused = first.new_zeros((first.shape[0], latent_frames, *first.shape[2:]))  # (C, T, H, W)
+    fused = first.new_zeros((*first.shape[:-3], latent_frames, *first.shape[-2:]))  # (..., C, T, H, W)
     for window, output in zip(windows, outputs, strict=True):
-        weights = torch.tensor(window.weights, dtype=output.dtype).view(1, -1, 1, 1)
-        fused[:, window.start : window.stop] += output * weights
+        weights = torch.tensor(window.weights, dtype=output.dtype).view(-1, 1, 1)  # (t, 1, 1)
+        fused[..., window.start : window.stop, :, :] += output * weights
     return fused
+
+
+SolverState = dict[str, Any] | None
+"""A multistep solver's history (``DenoiseWork.solver_state``): plain data whose tensors of 4 or more
+dimensions are laid out like latents, ``(..., C, T, H, W)``, so it is sliced, rolled and fused
+along time exactly as the latents are."""
+
+
+def map_frames(state, fn):
+    """``state`` with ``fn`` applied to every latent-shaped tensor in it (dicts, lists, tuples walked)."""
+    if isinstance(state, torch.Tensor):
+        return fn(state) if state.ndim >= 4 else state
+    if isinstance(state, dict):
+        return {key: map_frames(value, fn) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_frames(value, fn) for value in state)
+    return state
+
+
+def fuse_states(windows: Sequence[Window], states: Sequence, latent_frames: int):
+    """The windows' solver states fused into the whole video's with the plan's weights, like the
+    latents; what is not latent-shaped (step index, order counters) is the same for every window."""
+    first = states[0]
+    if isinstance(first, torch.Tensor) and first.ndim >= 4:
+        return fuse_windows(windows, states, latent_frames)
+    if isinstance(first, dict):
+        return {key: fuse_states(windows, [state[key] for state in states], latent_frames) for key in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(fuse_states(windows, list(values), latent_frames) for values in zip(*states, strict=True))
+    return first
+
+
+def combine_states(windows: Sequence[Window], states: Sequence[SolverState], latent_frames: int, roll: int) -> SolverState:
+    """The whole video's solver state after a step group; None when some window kept none (its
+    frames were all given, or the family's sampler has no history): the next step then starts
+    its solver from the noise levels alone."""
+    if any(state is None for state in states):
+        return None
+    state = states[0] if len(windows) == 1 else fuse_states(windows, states, latent_frames)
+    return map_frames(state, lambda t: torch.roll(t, shifts=roll, dims=-3)) if roll else state
 
 
 async def gather_or_cancel(coroutines) -> list:
