@@ -148,6 +148,24 @@ class WanModelConfig(OpenModelConfig):
     )
 
 
+class LTXModelConfig(OpenModelConfig):
+    """LTX-Video text to video (diffusers ``LTXPipeline``; models/open/ltx.py)."""
+
+    family: Literal["ltx"] = Field("ltx", description="Model family: LTX-Video text to video.")
+    max_sequence_length: int = Field(128, ge=1, description="Text tokens the T5 encoder reads.")
+    guidance_rescale: float = Field(0.0, ge=0, le=1, description="The pipeline's guidance_rescale (0: off).")
+    decode_timestep: float = Field(
+        0.0, ge=0, le=1, description="VAEs with timestep conditioning (LTX 0.9.1+): the decode timestep (LTX recommends 0.05)."
+    )
+    decode_noise_scale: float | None = Field(
+        None, ge=0, le=1, description="Noise mixed into the latents before such a decode (LTX recommends 0.025); None: decode_timestep."
+    )
+    decode_seed: int = Field(0, description="Seed of that decode noise (the pipeline draws it from its generator).")
+    decode_context_frames: int = Field(
+        2, ge=0, description="Latent frames of context before each decode tile (LTX's decoder is not causal: tiles are approximate)."
+    )
+
+
 def _family(value: Any) -> str:
     """The ``family`` tag of a config given as data or as a model; missing means 'native'."""
     if isinstance(value, dict):
@@ -160,6 +178,7 @@ ModelConfig = Annotated[
         Annotated[NativeModelConfig, Tag("native")],
         Annotated[SimModelConfig, Tag("sim")],
         Annotated[WanModelConfig, Tag("wan")],
+        Annotated[LTXModelConfig, Tag("ltx")],
     ],
     Discriminator(_family),
 ]
@@ -168,6 +187,6 @@ ModelConfig = Annotated[
 MODEL_CONFIG_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
 
 
-def parse_model_config(data: Any) -> NativeModelConfig | SimModelConfig | WanModelConfig:
+def parse_model_config(data: Any) -> NativeModelConfig | SimModelConfig | WanModelConfig | LTXModelConfig:
     """Validate plain data (a config file's ``model`` section) into the family's config."""
     return MODEL_CONFIG_ADAPTER.validate_python(data)

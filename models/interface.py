@@ -327,6 +327,12 @@ class VideoModel(abc.ABC):
     def sigmas(self, steps: int) -> list[float]:
         """The sampler's noise schedule: ``steps + 1`` descending levels from 1.0 to 0.0. Needs no weights."""
 
+    def sigmas_for(self, steps: int, latent_shape: tuple[int, int, int, int]) -> list[float]:
+        """:meth:`sigmas` for a video whose latents are ``latent_shape`` ``(C, T, H, W)``: a family
+        whose schedule depends on the video's size (dynamic shifting, as LTX-Video's pipeline
+        computes it from the token count) overrides this. Needs no weights."""
+        return self.sigmas(steps)
+
     @abc.abstractmethod
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
         """Noise clean latents to level ``sigma`` (SDEdit, training). Needs no weights."""

@@ -27,12 +27,24 @@ import json
 import logging
 import os
 import tempfile
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tessera.models.interface import PartNotLoadedError
+from tessera.models.interface import (
+    DenoiseWork,
+    LatentGeometry,
+    ModelCard,
+    ModelLimits,
+    PartNotLoadedError,
+    StepResult,
+    TextConditioning,
+    VideoModel,
+    check_denoise_work,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -216,31 +228,40 @@ class SolverSchedule:
     history put back; :meth:`state` reads the history out again. Nothing of a trajectory stays in
     this object."""
 
-    def __init__(self, scheduler, max_steps: int):
+    def __init__(self, scheduler, max_steps: int, timesteps_for: Callable[[int, tuple | None], dict] | None = None):
         if getattr(scheduler.config, "solver_p", None):
             raise ValueError("schedulers with a solver_p are not supported")
+        if getattr(scheduler.config, "stochastic_sampling", False):
+            raise ValueError("stochastic_sampling draws noise inside the scheduler; it is not supported")
         self.template = scheduler
         self.max_steps = max_steps
+        self.timesteps_for = timesteps_for or (lambda steps, shape: {"num_inference_steps": steps})
+        self.multistep = "model_outputs" in vars(scheduler)
+        """Whether the scheduler keeps a history between steps; one that does not (flow-match
+        Euler) is rebuilt from the item's own levels, whatever schedule they came from."""
 
     @property
     def name(self) -> str:
         return type(self.template).__name__
 
     @functools.lru_cache(maxsize=64)
-    def _at(self, steps: int):
+    def _at(self, steps: int, latent_shape: tuple | None = None):
         scheduler = copy.deepcopy(self.template)
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(**self.timesteps_for(steps, latent_shape))
         return scheduler
 
     @functools.lru_cache(maxsize=1024)
-    def sigmas(self, steps: int) -> tuple[float, ...]:
+    def sigmas(self, steps: int, latent_shape: tuple | None = None) -> tuple[float, ...]:
+        """The scheduler's levels for ``steps`` steps (for a video of ``latent_shape`` where the
+        schedule depends on the video's size, as with dynamic shifting)."""
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
-        return tuple(float(s) for s in self._at(steps).sigmas)
+        return tuple(float(s) for s in self._at(steps, latent_shape).sigmas)
 
     def top(self) -> float:
-        """The first level of every schedule (pure noise in the pipelines)."""
-        return self.sigmas(1)[0]
+        """The first level of every schedule, pure noise in the pipelines (UniPC's is 1 - 1e-6;
+        flow-match Euler's is 1.0, where flow noising gives the noise itself anyway)."""
+        return self.sigmas(1)[0] if self.multistep else 1.0
 
     def _find(self, sigmas: tuple[float, ...]) -> tuple[int, int] | None:
         """The fewest steps whose levels contain ``sigmas`` as a run, and where the run starts."""
@@ -279,6 +300,13 @@ class SolverSchedule:
 
     def start(self, sigmas: tuple[float, ...], state: dict | None):
         """A fresh scheduler at the item's first level, with its history from ``state``."""
+        if not self.multistep:
+            scheduler = copy.deepcopy(self.template)
+            scheduler.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+            scheduler.timesteps = scheduler.sigmas[:-1] * scheduler.config.num_train_timesteps
+            scheduler.num_inference_steps = len(sigmas) - 1
+            scheduler._step_index, scheduler._begin_index = 0, 0
+            return scheduler
         steps, index, first = self.locate(sigmas, state)
         scheduler = copy.deepcopy(self._at(steps))
         scheduler._step_index = index
@@ -308,9 +336,11 @@ class SolverSchedule:
         """The timestep the denoiser is called with at the scheduler's current level."""
         return scheduler.timesteps[scheduler.step_index]
 
-    @staticmethod
-    def state(scheduler) -> dict[str, Any]:
-        """The scheduler's history as plain CPU data (``DenoiseWork.solver_state``)."""
+    def state(self, scheduler) -> dict[str, Any] | None:
+        """The scheduler's history as plain CPU data (``DenoiseWork.solver_state``); None when
+        it keeps none."""
+        if not self.multistep:
+            return None
         history = {name: _to(getattr(scheduler, name), "cpu") for name in SOLVER_ATTRIBUTES if name in vars(scheduler)}
         return {**scheduler.tessera_position, "index": scheduler.step_index, "scheduler": history}
 
@@ -331,6 +361,232 @@ def flow_add_noise(latents: torch.Tensor, noise: torch.Tensor, sigma: float, top
     sigma_t = torch.tensor(sigma, dtype=torch.float32)
     alpha_t = 1 - sigma_t
     return alpha_t * latents + sigma_t * noise
+
+
+# -- text ------------------------------------------------------------------------------------
+def prompt_rows(embeds: torch.Tensor, attention_mask: torch.Tensor) -> TextConditioning:
+    """One prompt's ``(L, D)`` embeddings padded to the encoder's length, kept as its real rows
+    only (float32: exact for bf16 and fp16 encoders). The families' transformers either never see
+    the padding rows (masked) or see exact zeros there (Wan), so :func:`pad_text` restores them."""
+    n = int(attention_mask.gt(0).sum())
+    return TextConditioning(tokens=embeds[:n].float().cpu(), mask=torch.ones(n, dtype=torch.bool))
+
+
+def pad_text(texts: list[TextConditioning], length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, length, D)`` embeddings (each prompt's rows, then zeros) and the ``(B, length)`` bool mask."""
+    dim = texts[0].tokens.shape[1]
+    tokens = torch.zeros(len(texts), length, dim, dtype=torch.float32)
+    mask = torch.zeros(len(texts), length, dtype=torch.bool)
+    for index, text in enumerate(texts):
+        rows = text.tokens[text.mask.bool()]
+        tokens[index, : rows.shape[0]] = rows.float()
+        mask[index, : rows.shape[0]] = True
+    return tokens.to(device, dtype), mask.to(device)
+
+
+def pipeline_defaults(pipeline_class) -> dict[str, Any]:
+    """The pipeline's own ``__call__`` defaults (steps, guidance, size, frames, text length)."""
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(pipeline_class.__call__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def card_limits(geometry: LatentGeometry, config, defaults: dict[str, Any], fps: float) -> ModelLimits:
+    """Limits from the pipeline's ``__call__`` defaults (size, steps, guidance) and the config's bounds."""
+    return ModelLimits(
+        min_side=geometry.size_multiple, max_side=config.max_side, max_image_side=config.max_side,
+        min_fps=1.0, max_fps=60.0, default_fps=fps,
+        default_width=int(defaults["width"]), default_height=int(defaults["height"]),
+        default_steps=int(defaults["num_inference_steps"]), max_steps=config.max_steps,
+        default_guidance_scale=float(defaults["guidance_scale"]), max_prompt_tokens=config.max_sequence_length,
+    )
+
+
+# -- the shared model ----------------------------------------------------------------------------
+class OpenVideoModel(VideoModel):
+    """What every open family shares: loading the parts a stage needs into the family's own
+    pipeline object (so its ``encode_prompt`` and processors are called as they are), the card
+    from JSON, the schedule, and grouping work items into batched advances. A family sets the
+    class attributes and writes :meth:`read_card`, ``encode_text``, :meth:`check_work`,
+    :meth:`advance` and the VAE methods."""
+
+    family: str = ""
+    pipelines: tuple[str, ...] = ()
+    """The pipeline classes (``model_index.json`` ``_class_name``) the family serves."""
+    parts: dict[str, tuple[str, ...]] = {"text": ("tokenizer", "text_encoder"), "denoiser": ("transformer",), "vae": ("vae",)}
+    """The pipeline components each part loads."""
+    denoiser_component = "transformer"
+
+    def __init__(self, config, folder: DiffusersFolder, card: ModelCard, schedule: SolverSchedule, pipe,
+                 places: dict[str, Placement]):
+        self.config = config
+        self.folder = folder
+        self.card = card
+        self.schedule = schedule
+        self.pipe = pipe
+        self.places = places
+
+    @classmethod
+    def pipeline_class(cls):
+        import diffusers
+
+        return getattr(diffusers, cls.pipelines[0])
+
+    @classmethod
+    def open_folder(cls, config) -> DiffusersFolder:
+        folder = DiffusersFolder(config.path)
+        if folder.pipeline_class not in cls.pipelines:
+            raise ValueError(f"{folder.path} holds a {folder.pipeline_class}; family {cls.family!r} serves {', '.join(cls.pipelines)}")
+        return folder
+
+    @classmethod
+    def read_card(cls, folder: DiffusersFolder, config) -> ModelCard:
+        raise NotImplementedError
+
+    @classmethod
+    def build_schedule(cls, folder: DiffusersFolder, config, geometry: LatentGeometry) -> SolverSchedule:
+        import diffusers
+
+        _, class_name = folder.component("scheduler")
+        overrides = {"flow_shift": config.flow_shift} if getattr(config, "flow_shift", None) is not None else {}
+        return SolverSchedule(getattr(diffusers, class_name).from_config(folder.config("scheduler"), **overrides), config.max_steps)
+
+    @classmethod
+    def load(cls, config, parts: frozenset[str]):
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        folder = cls.open_folder(config)
+        card = cls.read_card(folder, config)
+        schedule = cls.build_schedule(folder, config, card.geometry)
+        places = {
+            "denoiser": placement(config.device, config.dtype),
+            "text": placement(config.text_encoder_device or config.device, config.text_encoder_dtype or config.dtype),
+            "vae": placement(config.vae_device or config.device, config.vae_dtype or config.dtype),
+        }
+        components: dict[str, Any] = {name: None for names in cls.parts.values() for name in names}
+        for part in parts:
+            for name in cls.parts[part]:
+                if folder.has(name):
+                    components[name] = load_component(folder, name, None if "tokenizer" in name else places[part])
+        if components.get("vae") is not None and config.vae_tiling:
+            components["vae"].enable_tiling()
+        pipe = cls.make_pipeline(folder, components, schedule.template) if parts else None
+        if pipe is not None and components.get("vae") is None:  # the processor's factor, as the pipeline sets it from its VAE
+            from diffusers.video_processor import VideoProcessor
+
+            pipe.video_processor = VideoProcessor(vae_scale_factor=card.geometry.spatial_factor)
+        return cls(config, folder, card, schedule, pipe, places)
+
+    @classmethod
+    def make_pipeline(cls, folder: DiffusersFolder, components: dict[str, Any], scheduler):
+        return cls.pipeline_class()(scheduler=scheduler, **components)
+
+    def part(self, part: str, component: str):
+        return require(part, getattr(self.pipe, component, None) if self.pipe is not None else None)
+
+    # -- text ---------------------------------------------------------------------------------
+    def expand(self, prompt: str, character: str = "") -> str:
+        """Open families have no built-in captioner: the prompt as written (with the shared
+        character description in front, for multi-shot)."""
+        return f"{character.strip()} {prompt}".strip() if character.strip() else prompt
+
+    # -- denoising ----------------------------------------------------------------------------
+    def sigmas(self, steps: int) -> list[float]:
+        return list(self.schedule.sigmas(steps))
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        return flow_add_noise(latents, noise, sigma, self.schedule.top())
+
+    def guided(self, work: DenoiseWork) -> bool:
+        """Classifier-free guidance runs as the pipelines decide: a negative branch and a scale above 1."""
+        return work.negative_text is not None and work.guidance_scale > 1.0
+
+    def batch_key(self, work: DenoiseWork) -> tuple:
+        return (tuple(work.latents.shape), self.guided(work))
+
+    text_dim: int
+    max_text_tokens: int
+
+    def check_work(self, item: DenoiseWork) -> None:
+        """The shared checks, then what the open families add: no given frames (their text to
+        video transformers were not trained to keep any), the family's own scheduler, the text width."""
+        check_denoise_work(item, self.card.geometry.latent_channels, self.card.geometry.patch_size)
+        if item.frames is not None:
+            raise ValueError(
+                f"model {self.card.name} ({self.folder.pipeline_class}) cannot keep given frames: its transformer was "
+                "not trained with frame conditioning (modes image_to_video, extend, transition)"
+            )
+        if item.sampler != "euler":
+            raise ValueError(f"model {self.card.name} samples with its own {self.schedule.name}; sampler {item.sampler!r} is not available")
+        for text in (item.text, item.negative_text):
+            if text is not None and (text.tokens.ndim != 2 or text.tokens.shape[1] != self.text_dim):
+                raise ValueError(f"text tokens must be (N, {self.text_dim}), got {tuple(text.tokens.shape)}")
+            if text is not None and text.tokens.shape[0] > self.max_text_tokens:
+                raise ValueError(f"text of {text.tokens.shape[0]} tokens is longer than the model's {self.max_text_tokens}")
+
+    def step(self, work: list[DenoiseWork]) -> list[torch.Tensor]:
+        """The latents of :meth:`step_with_state`. A caller that drops the state restarts a
+        multistep solver's history at every call (valid, but not the pipeline's trajectory)."""
+        return [result.latents for result in self.step_with_state(work)]
+
+    @torch.no_grad()
+    def step_with_state(self, work: list[DenoiseWork]) -> list[StepResult]:
+        self.part("denoiser", self.denoiser_component)
+        for item in work:
+            self.check_work(item)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for index, item in enumerate(work):
+            groups[(self.batch_key(item), len(item.sigmas))].append(index)
+        results: list[StepResult | None] = [None] * len(work)
+        for indices in groups.values():
+            for index, result in zip(indices, self.advance([work[i] for i in indices]), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def advance(self, items: list[DenoiseWork]) -> list[StepResult]:
+        """Items of one batch key and number of levels through all their levels."""
+        raise NotImplementedError
+
+    def start(self, items: list[DenoiseWork]) -> tuple[list, list[torch.Tensor]]:
+        """Each item's scheduler (history put back, on the denoiser's device) and its latents
+        ``(1, C, T, H, W)`` float32 there, as the pipelines keep them."""
+        where = self.places["denoiser"]
+        schedulers = [self.schedule.start(tuple(item.sigmas), item.solver_state) for item in items]
+        for scheduler in schedulers:
+            SolverSchedule.to_device(scheduler, where.device)
+        return schedulers, [item.latents.to(where.device, torch.float32)[None] for item in items]
+
+    def finish(self, schedulers: list, latents: list[torch.Tensor]) -> list[StepResult]:
+        return [StepResult(x[0].float().cpu(), self.schedule.state(s)) for x, s in zip(latents, schedulers, strict=True)]
+
+    # -- VAE ------------------------------------------------------------------------------------
+    def encoder_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Checked ``uint8 (T, H, W, 3)`` frames padded to ``1 + f*k`` by repeating the last one
+        (the VAEs' encoders read whole groups)."""
+        frames = torch.as_tensor(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+        s = self.card.geometry.spatial_factor
+        if frames.shape[1] % s or frames.shape[2] % s:
+            raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be a multiple of {s}")
+        missing = self.geometry.time_grid.ceil_start(frames.shape[0]) - frames.shape[0]
+        return torch.cat([frames, frames[-1:].expand(missing, -1, -1, -1)]) if missing else frames
+
+    def check_decode(self, latents: torch.Tensor, context_frames: int) -> None:
+        c = self.card.geometry.latent_channels
+        if latents.ndim != 4 or latents.shape[0] != c:
+            raise ValueError(f"latents must be ({c}, T, H, W), got {tuple(latents.shape)}")
+        if not 0 <= context_frames < latents.shape[1]:
+            raise ValueError(f"context_frames must be in [0, {latents.shape[1]}), got {context_frames}")
+
+    def frames_after(self, video: torch.Tensor, context_frames: int) -> torch.Tensor:
+        """A decoded ``(1, 3, T, H, W)`` video through the pipeline's processor, without the
+        pixels of the ``context_frames`` latent frames of causal context."""
+        return video_to_uint8(self.pipe.video_processor, video)[self.geometry.time_grid.pixel_start(context_frames):]
 
 
 # -- frames ------------------------------------------------------------------------------------

@@ -67,3 +67,43 @@ def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def t5_encoder(d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=64, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def ltx_t2v(folder: Path, *, seed: int = 0, timestep_conditioning: bool = False) -> Path:
+    """A tiny ``LTXPipeline`` as diffusers' own tests build it (VAE 4x spatial, 4x temporal), with
+    LTX 0.9.1's dynamically shifted flow-match Euler scheduler."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=1, caption_channels=32,
+    ).eval()
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False), decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False), upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1), timestep_conditioning=timestep_conditioning, patch_size=1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False,
+    ).eval()
+    with torch.no_grad():  # normalisation statistics that are not the identity, as trained VAEs have
+        vae.latents_mean.copy_(torch.linspace(-0.5, 0.5, 8))
+        vae.latents_std.copy_(torch.linspace(0.5, 2.0, 8))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
+        shift_terminal=0.1,
+    )
+    pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=t5_encoder(32), tokenizer=word_tokenizer(128), transformer=transformer)
+    pipe.save_pretrained(folder)
+    return folder
