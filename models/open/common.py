@@ -155,11 +155,14 @@ class Placement:
     dtype: torch.dtype
 
 
-def placement(device: str, dtype: str) -> Placement:
+def placement(device: str, dtype: str, strict: bool = True) -> Placement:
     """``device`` 'auto'/'cpu'/'cuda'/'cuda:N' and ``dtype`` 'auto' or a name; 'auto' dtype is
-    bfloat16 on CUDA and float32 on CPU."""
+    bfloat16 on CUDA and float32 on CPU. Not ``strict`` (a part this process does not load, e.g.
+    in the Gateway): a CUDA device that is not here is no error."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+        if strict:
+            raise ValueError(f"device {device!r} requested but no CUDA device is available")
+        device = "cpu"
     chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     if dtype == "auto":
         return Placement(chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32)
@@ -463,9 +466,9 @@ class OpenVideoModel(VideoModel):
         card = cls.read_card(folder, config)
         schedule = cls.build_schedule(folder, config, card.geometry)
         places = {
-            "denoiser": placement(config.device, config.dtype),
-            "text": placement(config.text_encoder_device or config.device, config.text_encoder_dtype or config.dtype),
-            "vae": placement(config.vae_device or config.device, config.vae_dtype or config.dtype),
+            "denoiser": placement(config.device, config.dtype, "denoiser" in parts),
+            "text": placement(config.text_encoder_device or config.device, config.text_encoder_dtype or config.dtype, "text" in parts),
+            "vae": placement(config.vae_device or config.device, config.vae_dtype or config.dtype, "vae" in parts),
         }
         components: dict[str, Any] = {name: None for names in cls.parts.values() for name in names}
         for part in parts:

@@ -47,7 +47,7 @@ def folder(tmp_path_factory):
 
 
 def config(folder, **fields) -> WanModelConfig:
-    return WanModelConfig(path=folder, device="cpu", dtype="float32", max_sequence_length=TEXT_LENGTH, **fields)
+    return WanModelConfig(**{"path": folder, "device": "cpu", "dtype": "float32", "max_sequence_length": TEXT_LENGTH, **fields})
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,11 @@ def test_card_comes_from_the_configs_alone(folder, tmp_path):
     assert light.sigmas(4) == full.sigmas(4) and light.sigmas(4)[-1] == 0.0
     with pytest.raises(PartNotLoadedError):
         light.encode_text(["a red ball"])
+    if not torch.cuda.is_available():  # a CPU-only Gateway reads the card of a model configured for CUDA
+        on_cuda = config(configs, version="pinned", name="wan-tiny", device="cuda")
+        assert load_model(on_cuda, parts=()).card == light.card
+        with pytest.raises(ValueError, match="no CUDA device"):
+            load_model(on_cuda, parts={"vae"})
 
 
 def test_weights_version_is_hashed_once_and_cached(folder, monkeypatch, tmp_path):
