@@ -333,6 +333,7 @@ def cmd_batch(args) -> int:
                     batch = client.wait_batch(args.name, on_progress=bar)
                     bar.finish()
                     _print_batch(batch, items=False)
+                    return 0 if batch.state == "SUCCEEDED" else 1
             elif command == "results":
                 batch = client.get_batch(args.name)
                 if not batch.report.html_uri:

@@ -95,6 +95,11 @@ class BatchService:
         batch_spec.check_name(name)
         spec = await asyncio.to_thread(self.batches.spec, tenant, name)
         progress = await asyncio.to_thread(self.batches.progress, tenant, name) or initial_progress(spec)
+        if progress.state.terminal and not progress.cancelled and \
+                await asyncio.to_thread(self.batches.retry_generation, tenant, name) > progress.retry_generation:
+            # A retry was asked for and the driver has not taken it up yet: the batch runs again and
+            # its report no longer stands (else a caller waiting for the retry sees the old end).
+            progress = progress.model_copy(update={"state": BatchState.RUNNING, "report_written": False, "ended_at": None})
         return BatchView(spec, progress, created)
 
     async def watch_get(self, tenant: str, name: str) -> BatchView:

@@ -138,6 +138,9 @@ def test_retry_uses_a_new_key_per_attempt(config, stages):  # noqa: F811
             failed = [i for i in progress.items if i.state == ItemState.FAILED]
             assert [i.id for i in failed] == ["missing"] and "NOT_FOUND" in failed[0].error
             view = await service.retry(tenant, "r")
+            # Before a driver takes the retry up, the batch already shows as running again, without
+            # the old report (so `retry --wait` waits for the retry, not the previous end).
+            assert view.progress.state == BatchState.RUNNING and not view.report_keys
             progress = await BatchRun(jobfront, store, tenant, "r", poll_s=0.1).run()
             item = next(i for i in progress.items if i.id == "missing")
             assert item.attempt == 2 and len(item.errors) == 2 and item.state == ItemState.FAILED
