@@ -200,6 +200,11 @@ class StepBatchingConfig(_Strict):
         ">= 0) go ahead of batch steps (priority < 0) at every step boundary, and batch steps still run within "
         "about (priority gap x aging_s) under load, so they are never starved."
     )
+    mix_classes: bool = Field(
+        False, description="Let interactive and batch steps (jobs.interactive_min_priority) share a forward: more "
+        "throughput when the forward's fixed cost dominates, but interactive steps then wait for the batch steps "
+        "riding along. Off: a forward holds one class."
+    )
 
 
 class GrpcConfig(_Strict):

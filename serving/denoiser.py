@@ -202,12 +202,12 @@ class StepBatcher:
 
 class DenoiserEngine:
     def __init__(self, model_config: ModelConfig, threads: int | None = None,
-                 batching: StepBatchingConfig = StepBatchingConfig()):
+                 batching: StepBatchingConfig = StepBatchingConfig(), interactive_min_priority: int = 0):
         self.model = load_model(model_config, parts={"denoiser"})
         self.texts = TextCache()
-        self.batcher = StepBatcher(
-            self.model, ModelThread(threads), BatchPolicy(batching.max_batch_items, batching.max_wait_s, batching.aging_s),
-        )
+        policy = BatchPolicy(batching.max_batch_items, batching.max_wait_s, batching.aging_s, interactive_min_priority,
+                             batching.mix_classes)
+        self.batcher = StepBatcher(self.model, ModelThread(threads), policy)
 
     async def _resolve(self, work: StepWork) -> DenoiseWork:
         work_item = work.resolve(*await self.texts.get(work.text))
@@ -274,7 +274,7 @@ class Denoiser:
 
     def __init__(self, model_config: ModelConfig, threads: int | None = None,
                  batching: StepBatchingConfig = StepBatchingConfig(), interactive_min_priority: int = 0):
-        self.engine = DenoiserEngine(model_config, threads, batching)
+        self.engine = DenoiserEngine(model_config, threads, batching, interactive_min_priority)
         self.interactive_min_priority = interactive_min_priority
 
     async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:

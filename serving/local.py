@@ -33,7 +33,7 @@ class LocalTessera:
         self.store = ObjectStore(config.storage)
         stages = LocalStages(
             PromptExpanderEngine(config.model, config.expansion, d.prompt_expander.threads),
-            DenoiserEngine(config.model, d.denoiser.threads, config.batching),
+            DenoiserEngine(config.model, d.denoiser.threads, config.batching, config.jobs.interactive_min_priority),
             DecoderEngine(config.model, config.video, d.decoder.threads),
         )
         model = load_model(config.model, parts=())

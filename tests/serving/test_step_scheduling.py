@@ -25,7 +25,9 @@ def test_compatible_steps_of_different_jobs_share_one_forward():
 
 def test_interactive_steps_go_first_when_the_batch_is_full():
     pending = [step(i, priority=-1, ready_at=0.0) for i in range(4)] + [step(10 + i, priority=0, ready_at=0.5) for i in range(3)]
-    decision = next_batch(pending, 0.6, POLICY)
+    assert next_batch(pending, 0.6, POLICY) == RunBatch((10, 11, 12)), "a forward holds one class"
+    mixing = BatchPolicy(max_batch_items=4, max_wait_s=0.01, aging_s=1.0, mix_classes=True)
+    decision = next_batch(pending, 0.6, mixing)
     assert decision.ids[:3] == (10, 11, 12)
     assert len(decision.ids) == 4 and decision.ids[3] in range(4)
 
@@ -92,3 +94,12 @@ def test_equal_urgency_runs_the_oldest_first():
 def test_policy_is_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchPolicy(**kwargs)
+
+
+def test_a_forward_holds_one_class_unless_classes_may_mix():
+    pending = [step(1, priority=0, ready_at=0.5), step(2, priority=-1, ready_at=0.0), step(3, priority=0, ready_at=0.6)]
+    assert next_batch(pending, 0.7, POLICY) == RunBatch((1, 3))
+    mixing = BatchPolicy(max_batch_items=4, max_wait_s=0.01, aging_s=1.0, mix_classes=True)
+    assert next_batch(pending, 0.7, mixing) == RunBatch((1, 3, 2))
+    aged = [step(2, priority=-1, ready_at=0.0), step(4, priority=-2, ready_at=0.0), step(1, priority=0, ready_at=9.5)]
+    assert next_batch(aged, 10.0, POLICY) == RunBatch((2, 4)), "aged batch work runs among its own class"
