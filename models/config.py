@@ -166,6 +166,17 @@ class LTXModelConfig(OpenModelConfig):
     )
 
 
+class CogVideoXModelConfig(OpenModelConfig):
+    """CogVideoX 1.0 text to video (diffusers ``CogVideoXPipeline``; models/open/cogvideox.py)."""
+
+    family: Literal["cogvideox"] = Field("cogvideox", description="Model family: CogVideoX text to video.")
+    max_sequence_length: int = Field(226, ge=1, description="Text tokens the T5 encoder reads (all of them reach the transformer).")
+    use_dynamic_cfg: bool = Field(False, description="The pipeline's cosine-scheduled guidance (CogVideoX-5b's recommendation).")
+    fps: float = Field(8.0, gt=0, description="The frame rate the model renders at (CogVideoX 1.0: 8).")
+    max_side: int = Field(720, ge=16, description="Largest width or height a request may ask for (trained at 720x480).")
+    decode_context_frames: int = Field(4, ge=0, description="Latent frames of context before each decode tile.")
+
+
 def _family(value: Any) -> str:
     """The ``family`` tag of a config given as data or as a model; missing means 'native'."""
     if isinstance(value, dict):
@@ -179,6 +190,7 @@ ModelConfig = Annotated[
         Annotated[SimModelConfig, Tag("sim")],
         Annotated[WanModelConfig, Tag("wan")],
         Annotated[LTXModelConfig, Tag("ltx")],
+        Annotated[CogVideoXModelConfig, Tag("cogvideox")],
     ],
     Discriminator(_family),
 ]
@@ -187,6 +199,8 @@ ModelConfig = Annotated[
 MODEL_CONFIG_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
 
 
-def parse_model_config(data: Any) -> NativeModelConfig | SimModelConfig | WanModelConfig | LTXModelConfig:
+def parse_model_config(
+    data: Any,
+) -> NativeModelConfig | SimModelConfig | WanModelConfig | LTXModelConfig | CogVideoXModelConfig:
     """Validate plain data (a config file's ``model`` section) into the family's config."""
     return MODEL_CONFIG_ADAPTER.validate_python(data)

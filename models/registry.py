@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tessera.models.config import LTXModelConfig, ModelConfig, NativeModelConfig, WanModelConfig
+from tessera.models.config import CogVideoXModelConfig, LTXModelConfig, ModelConfig, NativeModelConfig, WanModelConfig
 from tessera.models.config import SimModelConfig
 from tessera.models.interface import ALL_PARTS, VideoModel
 
@@ -27,6 +27,10 @@ def load_model(config: ModelConfig, parts: Iterable[str] = ALL_PARTS) -> VideoMo
         from tessera.models.open.ltx import LTXVideoModel
 
         return LTXVideoModel.load(config, parts)
+    if isinstance(config, CogVideoXModelConfig):
+        from tessera.models.open.cogvideox import CogVideoXModel
+
+        return CogVideoXModel.load(config, parts)
     if isinstance(config, SimModelConfig):
         from tessera.models.sim.model import SimVideoModel
 

@@ -231,7 +231,8 @@ class SolverSchedule:
     history put back; :meth:`state` reads the history out again. Nothing of a trajectory stays in
     this object."""
 
-    def __init__(self, scheduler, max_steps: int, timesteps_for: Callable[[int, tuple | None], dict] | None = None):
+    def __init__(self, scheduler, max_steps: int, timesteps_for: Callable[[int, tuple | None], dict] | None = None,
+                 levels_of: Callable[[Any], Any] | None = None):
         if getattr(scheduler.config, "solver_p", None):
             raise ValueError("schedulers with a solver_p are not supported")
         if getattr(scheduler.config, "stochastic_sampling", False):
@@ -239,9 +240,14 @@ class SolverSchedule:
         self.template = scheduler
         self.max_steps = max_steps
         self.timesteps_for = timesteps_for or (lambda steps, shape: {"num_inference_steps": steps})
+        self.levels_of = levels_of or (lambda scheduler: scheduler.sigmas)
+        """The schedule's levels as Tessera's sigmas (1 to 0); a family whose scheduler has no
+        flow sigmas (DDIM timesteps) gives its own labels."""
         self.multistep = "model_outputs" in vars(scheduler)
-        """Whether the scheduler keeps a history between steps; one that does not (flow-match
-        Euler) is rebuilt from the item's own levels, whatever schedule they came from."""
+        """Whether the scheduler keeps a history between steps (UniPC, DPM-Solver++)."""
+        self.rebuild = type(scheduler).__name__.startswith("FlowMatch")
+        """Flow-match schedulers keep no history and step from one level to the next, so they are
+        rebuilt from each item's own levels, whatever schedule (or SDEdit start) they came from."""
 
     @property
     def name(self) -> str:
@@ -259,12 +265,12 @@ class SolverSchedule:
         schedule depends on the video's size, as with dynamic shifting)."""
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
-        return tuple(float(s) for s in self._at(steps, latent_shape).sigmas)
+        return tuple(float(s) for s in self.levels_of(self._at(steps, latent_shape)))
 
     def top(self) -> float:
         """The first level of every schedule, pure noise in the pipelines (UniPC's is 1 - 1e-6;
         flow-match Euler's is 1.0, where flow noising gives the noise itself anyway)."""
-        return self.sigmas(1)[0] if self.multistep else 1.0
+        return 1.0 if self.rebuild else self.sigmas(1)[0]
 
     def _find(self, sigmas: tuple[float, ...]) -> tuple[int, int] | None:
         """The fewest steps whose levels contain ``sigmas`` as a run, and where the run starts."""
@@ -303,7 +309,7 @@ class SolverSchedule:
 
     def start(self, sigmas: tuple[float, ...], state: dict | None):
         """A fresh scheduler at the item's first level, with its history from ``state``."""
-        if not self.multistep:
+        if self.rebuild:
             scheduler = copy.deepcopy(self.template)
             scheduler.sigmas = torch.tensor(sigmas, dtype=torch.float32)
             scheduler.timesteps = scheduler.sigmas[:-1] * scheduler.config.num_train_timesteps

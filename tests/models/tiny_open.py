@@ -107,3 +107,31 @@ def ltx_t2v(folder: Path, *, seed: int = 0, timestep_conditioning: bool = False)
     pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=t5_encoder(32), tokenizer=word_tokenizer(128), transformer=transformer)
     pipe.save_pretrained(folder)
     return folder
+
+
+def cogvideox_t2v(folder: Path, *, seed: int = 0, dpm: bool = False) -> Path:
+    """A tiny CogVideoX 1.0 ``CogVideoXPipeline`` as diffusers' own tests build it (16x16 px, 9
+    frames), with 3D RoPE (as CogVideoX-5b) and DDIM (2b) or the stochastic DPM solver (5b)."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXDPMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
+        num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=16, use_rotary_positional_embeddings=True,
+    ).eval()
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    ).eval()
+    settings = dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True, snr_shift_scale=1.0)
+    scheduler = (CogVideoXDPMScheduler if dpm else CogVideoXDDIMScheduler)(**settings)
+    pipe = CogVideoXPipeline(tokenizer=word_tokenizer(16), text_encoder=t5_encoder(32), vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.save_pretrained(folder)
+    return folder
