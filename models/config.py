@@ -119,11 +119,6 @@ class OpenModelConfig(DeviceModelConfig):
     vae_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the VAE; None: as `device`.")
     vae_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(None, description="dtype of the VAE; None: as `dtype`.")
     vae_tiling: bool = Field(False, description="Decode and encode in the VAE's own spatial tiles (less memory at large sizes).")
-    batch_guidance: bool = Field(
-        False,
-        description="Run guidance's conditional and unconditional branches as one batched forward (faster where the GPU "
-        "has room; equal to the pipeline's two forwards up to batching round-off) instead of two (bit-exact).",
-    )
     max_side: int = Field(1280, ge=16, description="Largest width or height a request may ask for.")
     max_steps: int = Field(200, ge=1, le=1000, description="Most sampler steps a request may ask for.")
 
@@ -140,6 +135,11 @@ class WanModelConfig(OpenModelConfig):
     )
     guidance_scale_2: float | None = Field(
         None, ge=0, description="Wan 2.2: guidance of the low-noise expert (transformer_2); None: the request's guidance."
+    )
+    batch_guidance: bool = Field(
+        False,
+        description="Run guidance's conditional and unconditional branches as one batched forward (faster where the GPU "
+        "has room; equal to the pipeline's two forwards up to batching round-off) instead of two, as WanPipeline does (bit-exact).",
     )
     max_sequence_length: int = Field(512, ge=1, description="Text tokens the encoder reads and the transformer attends to.")
     fps: float = Field(16.0, gt=0, description="The frame rate the model renders at (Wan 2.1: 16).")

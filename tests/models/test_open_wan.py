@@ -166,6 +166,15 @@ def test_items_at_different_steps_batch_together(stages):
         assert a.solver_state["index"] == b.solver_state["index"]
 
 
+def test_batched_guidance_is_equal_up_to_round_off(stages, folder):
+    """``batch_guidance``: both branches in one forward instead of the pipeline's two."""
+    batched = load_model(config(folder, batch_guidance=True), parts={"denoiser"})
+    text, negative = stages["text"].encode_text([PROMPT, NEGATIVE])
+    work = DenoiseWork(noise()[0], tuple(batched.sigmas(STEPS)), text, negative, GUIDANCE, 16.0)
+    difference = (batched.step([work])[0] - stages["denoisers"][0].step([work])[0]).abs().max().item()
+    assert difference <= BATCH_TOLERANCE
+
+
 def test_edit_reproduces_the_video_to_video_pipeline(stages, folder, pipe, monkeypatch):
     """SDEdit: encode_video + add_noise at a level of the schedule + the steps below it, against
     WanVideoToVideoPipeline with the same components (strength 0.5 of 4 steps starts at level 2)."""
