@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tessera.models.interface import ModelCard
 from tessera.serving.config import LimitsConfig
-from tessera.serving.errors import InvalidRequestError, describe_value, validation_message
+from tessera.serving.errors import FailedPreconditionError, InvalidRequestError, describe_value, validation_message
 from tessera.serving.jobs import modes
 from tessera.serving.jobs.spec import GenerationRequest, MediaInput
 from tessera.serving.jobs.validation import PRIORITY_RANGE, check_request, resolve_request
@@ -228,7 +228,7 @@ def validate_request(request: GenerationRequest, card: ModelCard, limits: Limits
     """The submit path's validation, as far as it goes without reading media inputs."""
     check_request(request, card, limits)
     if request.media():
-        modes.detect_mode(request)  # the inputs themselves are probed when the item is submitted
+        modes.select_mode(request, card)  # the inputs themselves are probed when the item is submitted
         if not request.prompt.strip() and not request.shots and not request.transition_from:
             raise InvalidRequestError("prompt is empty: describe the video to render")
         return
@@ -277,7 +277,7 @@ def parse_batch(
             if "priority" not in fields:
                 request = request.model_copy(update={"priority": priority})
             validate_request(request, card, limits)
-        except InvalidRequestError as failure:
+        except (InvalidRequestError, FailedPreconditionError) as failure:  # the line, not the batch, is bad
             invalid.append(InvalidLine(line=number, id=raw_id[:64], error=str(failure)))
             continue
         seen[item_id] = number

@@ -35,7 +35,7 @@ from tessera.serving.config import TesseraConfig
 from tessera.serving.errors import CancelledError, InternalError, TesseraError
 from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.inputs import delete_inputs
-from tessera.serving.jobs.layout import plan_job
+from tessera.serving.jobs.modes import plan_job
 from tessera.serving.jobs.lease import ExpiryWatch, LeasedJob, LeaseLost, acquire
 from tessera.serving.jobs.outputs import OutputKeys, StaleWriterError, delete_prefix, publish
 from tessera.serving.jobs.records import Checkpoint, JobRecord, JobState, JobStore, Progress, Stage

@@ -1,28 +1,12 @@
-"""Lay a resolved request out on the latent grid: what is given, where, and how windows are conditioned.
+"""A job's plan on the latent grid: what is given, where, and how windows are conditioned.
 
 Pure (plain data in, plain data out; no Ray, no torch), like the planner it extends. One
 mechanism serves every mode: frame-mask conditioning. Latent frames of the whole video are
 either *given* (encoded from an input by the VAE, kept clean while the rest is denoised) or
 generated; the runner slices the whole-video condition per window. The native DiT was trained
 with the masks none / first / last / first+last / prefix / suffix, which is what the modes
-produce inside each window:
-
-=================  ===================================================================
-image to video     the image's latent first (or, encoded as a still group, last)
-extend forward     the input as a prefix; backward: as a suffix (group aligned)
-transition         the first video as a prefix, the second as a suffix, the bridge between
-loop               nothing given: the video is a circle of whole latent groups (no
-                   single-frame latent 0). Before every sampler step the circle is rolled by
-                   a different offset, so the seam between its end and its start lies inside
-                   a window at most steps and is denoised like any other pair of neighbours;
-                   the decoder gets the last groups as the causal context of the first, so
-                   the pixels also run on from the end into the start
-edit (SDEdit)      nothing given: the input's latents, noised to level ``strength``,
-                   replace the initial noise, and only the schedule's levels below it run
-multi-shot         each shot is a segment of windows with its own prompt; a CUT keeps
-                   segments apart (no window or fusion crosses it), a BLEND lets the two
-                   shots' windows overlap across the boundary so fusion mixes them
-=================  ===================================================================
+produce inside each window. Each mode lays itself out (``serving/jobs/modes/``, one module per
+mode; :func:`~tessera.serving.jobs.modes.plan_job`) in the terms defined here.
 
 Placement of an input's frames on the causal latent grid: *first-aligned* frames start the
 video (latent 0 is frame 0 alone, then groups of ``temporal_factor``); *group-aligned* frames
@@ -34,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tessera.models.interface import LatentGeometry, TimeGrid, VideoModel
-from tessera.serving.jobs.planner import DecodeTile, RenderPlan, TilingOptions, Window, fused_windows, plan_render, plan_windows
-from tessera.serving.jobs.spec import Mode, RenderSpec, ShotTransition
+from tessera.models.interface import TimeGrid, VideoModel
+from tessera.serving.jobs.planner import RenderPlan, Window
+from tessera.serving.jobs.spec import Mode
 
 GOLDEN = 0.6180339887
 """Loop roll stride as a share of the circle: successive seams land far from each other."""
@@ -159,107 +143,3 @@ def edit_schedule(sigmas: list[float], strength: float) -> list[float]:
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     return [strength] + [sigma for sigma in sigmas if sigma < strength]
-
-
-def segment_windows(segments: list[tuple[int, int]], window: int, min_overlap: int) -> tuple[tuple[Window, ...], tuple[int, ...]]:
-    """Windows over each segment ``[start, stop)`` (spread like :func:`plan_windows`), with fusion
-    weights over all of them, and the segment each window belongs to.
-
-    Weights ramp across a window's overlap with the previous and next window (whichever
-    segment they belong to) and are normalised to sum to one per frame, so segments that
-    overlap blend there and segments that only touch stay apart (:func:`fused_windows`)."""
-    spans: list[tuple[int, int, int]] = []
-    for owner, (start, stop) in enumerate(segments):
-        for w in plan_windows(stop - start, window, min_overlap):
-            spans.append((start + w.start, start + w.stop, owner))
-    spans.sort()
-    windows = fused_windows([(start, stop) for start, stop, _ in spans])
-    return windows, tuple(owner for _, _, owner in spans)
-
-
-def _with_windows(plan: RenderPlan, windows: tuple[Window, ...]) -> RenderPlan:
-    return dataclasses.replace(plan, windows=windows)
-
-
-def loop_decode_tiles(groups: int, context: int, tile: int, factor: int) -> tuple[DecodeTile, ...]:
-    """Decode tiles of a loop of ``groups`` latent groups, indexed into the sequence the runner
-    decodes: ``context`` groups from the end of the circle, then the whole circle (whose group
-    ``k`` is pixel frames ``f*k .. f*k + f - 1``: a circle has no lone first frame)."""
-    tiles = []
-    for index, start in enumerate(range(0, groups, tile)):
-        stop = min(start + tile, groups)
-        tiles.append(DecodeTile(index, context + start, context + stop, context, factor * start, factor * (stop - start)))
-    return tuple(tiles)
-
-
-def plan_job(spec: RenderSpec, geometry: LatentGeometry, options: TilingOptions) -> JobPlan:
-    """The full plan of a resolved request."""
-    grid = geometry.time_grid
-    render = plan_render(spec.num_frames, spec.height, spec.width, geometry, options)
-    latent_frames = render.latent_frames
-    mode = spec.mode
-
-    if mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE):
-        return JobPlan(mode, render)
-
-    if mode == Mode.IMAGE_TO_VIDEO:
-        last = spec.image_is_last_frame
-        at = latent_frames - 1 if last else 0
-        return JobPlan(mode, render, given=(Placement("from_image", (0,), at, 1, group_aligned=last),))
-
-    if mode == Mode.EXTEND:
-        video = spec.input("extend_video")
-        frames = len(video.frame_indices)
-        if spec.backward:
-            start = grid.latent_frames(spec.extend_frames)
-            placement = Placement("extend_video", video.frame_indices, start, grid.groups(frames), group_aligned=True)
-        else:
-            placement = Placement("extend_video", video.frame_indices, 0, grid.latent_frames(frames), group_aligned=False)
-        return JobPlan(mode, render, given=(placement,))
-
-    if mode == Mode.EDIT:
-        video = spec.input("edit_video")
-        init = Placement("edit_video", video.frame_indices, 0, latent_frames, group_aligned=False)
-        return JobPlan(mode, render, init=init, start_sigma=spec.strength)
-
-    if mode == Mode.TRANSITION:
-        first, second = spec.input("transition_from"), spec.input("transition_to")
-        head = grid.latent_frames(len(first.frame_indices))
-        start = head + grid.groups(spec.transition_frames)
-        return JobPlan(mode, render, given=(
-            Placement("transition_from", first.frame_indices, 0, head, group_aligned=False),
-            Placement("transition_to", second.frame_indices, start, grid.groups(len(second.frame_indices)), group_aligned=True),
-        ))
-
-    if mode == Mode.LOOP:
-        groups = grid.groups(spec.num_frames)
-        c, _, h, w = render.latent_shape
-        context = max(1, options.decode_context)
-        looped = RenderPlan(
-            num_frames=spec.num_frames, latent_shape=(c, groups, h, w),
-            windows=plan_windows(groups, options.window, options.min_overlap), sync_every=1,
-            decode_tiles=loop_decode_tiles(groups, context, options.decode_tile, grid.temporal_factor),
-        )
-        return JobPlan(mode, looped, loop_context=context)
-
-    if mode == Mode.MULTI_SHOT:
-        ranges, segments = [], []
-        first_frame, latent = 0, 0
-        for index, shot in enumerate(spec.shots):
-            count = grid.latent_frames(shot.num_frames) if index == 0 else grid.groups(shot.num_frames)
-            ranges.append(ShotRange(index, first_frame, shot.num_frames, latent, latent + count, shot.transition.value))
-            first_frame += shot.num_frames
-            latent += count
-        # A blended boundary: each side's windows reach `half` latent frames into the other shot.
-        half = max(1, min(options.min_overlap, (options.window - options.min_overlap) // 2))
-        for index, shot_range in enumerate(ranges):
-            start, stop = shot_range.latent_start, shot_range.latent_stop
-            if index > 0 and spec.shots[index].transition == ShotTransition.BLEND:
-                start = max(ranges[index - 1].latent_start, start - half)
-            if index + 1 < len(ranges) and spec.shots[index + 1].transition == ShotTransition.BLEND:
-                stop = min(ranges[index + 1].latent_stop, stop + half)
-            segments.append((start, stop))
-        windows, owners = segment_windows(segments, options.window, options.min_overlap)
-        return JobPlan(mode, _with_windows(render, windows), window_prompts=owners, shots=tuple(ranges))
-
-    raise AssertionError(f"unhandled mode {mode}")

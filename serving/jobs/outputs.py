@@ -33,9 +33,9 @@ import torch
 
 from tessera.models.interface import VideoModel
 from tessera.serving.jobs.layout import JobPlan
+from tessera.serving.jobs.modes import rules_for
 from tessera.serving.jobs.records import Commit, JobRecord, JobStore, Progress, Stage, Timings
 from tessera.serving.jobs.retry import retry_storage
-from tessera.serving.jobs.spec import Mode
 from tessera.serving.stages import Conditioning, DecodeTileRequest, Stages
 from tessera.serving.storage import (
     ConditionFailedError,
@@ -284,9 +284,9 @@ def build_manifest(
 
 def _mode_entries(model: VideoModel, store: ObjectStore, job: JobRecord, job_plan: JobPlan,
                   conditionings: Sequence[Conditioning], keys: OutputKeys) -> dict:
-    """The manifest's mode entries: the mode, its inputs, where they went, and the shots."""
+    """The manifest's mode entries: the mode, its inputs, where they went, and what the mode adds (e.g. its shots)."""
     spec = job.spec
-    fps = spec.fps
+    rules = rules_for(spec.mode)
     entries: dict = {
         "mode": spec.mode.value,
         "inputs": [
@@ -295,23 +295,9 @@ def _mode_entries(model: VideoModel, store: ObjectStore, job: JobRecord, job_pla
             for item in spec.inputs
         ],
         "layout": job_plan.summary(model.card.geometry.temporal_factor),
+        **rules.manifest(spec, job_plan, model, conditionings),
     }
-    if spec.mode == Mode.EXTEND:
-        entries["extend"] = {"new_frames": spec.extend_frames, "backward": spec.backward}
-    if spec.mode == Mode.EDIT:
-        entries["edit"] = {"strength": spec.strength, "sigmas": job_plan.noise_levels(model, spec.steps)}
-    if spec.mode == Mode.TRANSITION:
-        entries["transition"] = {"bridge_frames": spec.transition_frames, "bridge_s": spec.transition_frames / fps}
-    if spec.shots:
-        entries["shots"] = [
-            {"index": r.index, "prompt": shot.prompt, "text": shot.text, "caption": c.caption, "expander": c.expander,
-             "transition": r.transition, "first_frame": r.first_frame, "num_frames": r.num_frames,
-             "start_s": r.first_frame / fps, "end_s": (r.first_frame + r.num_frames) / fps,
-             "latents": [r.latent_start, r.latent_stop]}
-            for r, shot, c in zip(job_plan.shots, spec.shots, conditionings, strict=True)
-        ]
-        entries["character"] = spec.character
-    if spec.mode == Mode.IMAGE:
+    if rules.writes_image:
         entries["outputs"] = {"image": store.uri(keys.image), "poster": store.uri(keys.poster),
                               "manifest": store.uri(keys.manifest)}
         entries["video"] = {"width": spec.width, "height": spec.height, "num_frames": 1, "format": "png"}

@@ -20,7 +20,7 @@ import torch
 
 from tessera.models.interface import VideoModel
 from tessera.serving.jobs.layout import JobPlan
-from tessera.serving.jobs.modes import shot_text
+from tessera.serving.jobs.modes import rules_for, shot_text
 from tessera.serving.jobs.outputs import (
     DENOISE_SHARE,
     EXPAND_SHARE,
@@ -31,7 +31,6 @@ from tessera.serving.jobs.outputs import (
 )
 from tessera.serving.jobs.records import Commit, JobRecord, Progress, Stage, Timings
 from tessera.serving.jobs.sampling import Sampler, SamplingHooks, SamplingSettings, gather_or_cancel
-from tessera.serving.jobs.spec import Mode
 from tessera.serving.stages import Stages
 from tessera.serving.storage import ObjectStore
 
@@ -94,7 +93,7 @@ class JobRenderer:
         t0 = time.monotonic()
         if job_plan.loop_context:
             latents = await asyncio.to_thread(with_loop_context, latents, job_plan.loop_context)
-        image = spec.mode == Mode.IMAGE
+        image = rules_for(spec.mode).writes_image
         if image:
             poster = await self.outputs.decode_image(job, latents, staged, control.report)
         else:

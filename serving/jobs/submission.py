@@ -20,7 +20,7 @@ from tessera.models.interface import VideoModel
 from tessera.serving.config import TesseraConfig
 from tessera.serving.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from tessera.serving.jobs.inputs import InputCollector, delete_inputs, input_prefix
-from tessera.serving.jobs.layout import plan_job
+from tessera.serving.jobs.modes import plan_job
 from tessera.serving.jobs.outputs import DECODE_SHARE, DENOISE_SHARE, EXPAND_SHARE, OutputKeys
 from tessera.serving.jobs.quotas import QuotaExceededError, QuotaGuard, video_ms
 from tessera.serving.jobs.records import PREFIX, JobRecord, JobState, JobStore, Progress, Stage, new_job_id

@@ -16,7 +16,8 @@ from tessera.models.interface import ModelCard
 from tessera.serving.config import LimitsConfig
 from tessera.serving.errors import InvalidRequestError, describe_value, validation_message
 from tessera.serving.jobs import modes
-from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, Mode, RenderSpec
+from tessera.serving.jobs.modes.base import Length, ModeRules, ResolveContext
+from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, RenderSpec
 
 MAX_SEED = 2**64 - 1
 MAX_GUIDANCE_SCALE = 30.0
@@ -205,6 +206,20 @@ def _resolve_frames(request: GenerationRequest, fps: float, limits: LimitsConfig
     return max(1, round(duration * fps))
 
 
+def _requested_frames(request: GenerationRequest, rules: ModeRules, fps: float, limits: LimitsConfig) -> int | None:
+    """The request's length in frames, where its mode takes one (see :class:`Length`)."""
+    given = request.duration_s is not None or request.num_frames is not None
+    if rules.length is Length.OWN:
+        if given:
+            raise InvalidRequestError(
+                f"leave duration_s and num_frames unset for {rules.mode.value}: {rules.own_length_reason}"
+            )
+        return None
+    if rules.length is Length.REQUESTED or given:
+        return _resolve_frames(request, fps, limits)
+    return None
+
+
 def _parse_aspect(text: str) -> float:
     parts = text.replace("/", ":").replace("x", ":").split(":")
     try:
@@ -260,8 +275,9 @@ def resolve_request(
     ``media`` holds what each media input of the request was probed to contain (by field name);
     it is required for every input the request sets.
 
-    Only :class:`InvalidRequestError` comes out for a bad request: a pydantic ValidationError
-    from building the spec is reported as one too (without the input values)."""
+    Only :class:`InvalidRequestError` comes out for a bad request (a pydantic ValidationError
+    from building the spec is reported as one too, without the input values), and
+    :class:`FailedPreconditionError` for a mode the model does not serve."""
     media = media or {}
     missing = set(request.media()) - set(media)
     if missing:
@@ -274,18 +290,14 @@ def resolve_request(
 
 def _resolve(request: GenerationRequest, card: ModelCard, limits: LimitsConfig, media: dict[str, MediaInfo]) -> RenderSpec:
     check_request(request, card, limits)
-    mode = modes.detect_mode(request)
-    modes.check_media(mode, media)
+    rules = modes.select_mode(request, card)
+    modes.check_media(rules, media)
     _check_input_lengths(media, limits)
-    prompt = _check_text("prompt", request.prompt, limits, required=mode != Mode.MULTI_SHOT)
+    prompt = _check_text("prompt", request.prompt, limits, required=rules.prompt_required)
     negative_prompt = _check_text("negative_prompt", request.negative_prompt, limits, required=False)
     fps = _resolve_fps(request, card, media)
-    requested = None
-    if mode in (Mode.TEXT_TO_VIDEO, Mode.IMAGE_TO_VIDEO, Mode.LOOP):
-        requested = _resolve_frames(request, fps, limits)
-    elif mode == Mode.EDIT and (request.duration_s is not None or request.num_frames is not None):
-        requested = _resolve_frames(request, fps, limits)
-    mode_fields = modes.resolve_mode(request, mode, media, fps, requested, card.geometry, limits)
+    requested = _requested_frames(request, rules, fps, limits)
+    mode_fields = rules.resolve(request, ResolveContext(media, fps, requested, card.geometry.time_grid, limits))
     num_frames = mode_fields["num_frames"]
 
     max_side = card.limits.max_image_side if num_frames == 1 else card.limits.max_side
@@ -329,6 +341,6 @@ def _resolve(request: GenerationRequest, card: ModelCard, limits: LimitsConfig, 
         guidance_scale=guidance,
         expand_prompt=not request.skip_prompt_expansion,
         priority=request.priority,
-        mode=mode,
+        mode=rules.mode,
         **mode_fields,
     )

@@ -31,7 +31,7 @@ from tessera.serving.api.convert import MAX_WIRE_SHOTS, request_from_proto
 from tessera.serving.config import LimitsConfig, TilingConfig
 from tessera.serving.errors import InvalidRequestError, TesseraError, describe_value, validation_message
 from tessera.serving.jobs.inputs import InputCollector, input_key
-from tessera.serving.jobs.layout import plan_job
+from tessera.serving.jobs.modes import plan_job
 from tessera.serving.jobs.records import JobStore
 from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, ShotRequest
 from tessera.serving.jobs.validation import check_request, resolve_request

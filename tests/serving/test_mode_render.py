@@ -18,7 +18,7 @@ from tessera.serving.config import ExpansionConfig, LimitsConfig
 from tessera.serving.decoder import DecoderEngine
 from tessera.serving.denoiser import DenoiserEngine
 from tessera.serving.jobs.inputs import InputCollector
-from tessera.serving.jobs.layout import plan_job
+from tessera.serving.jobs.modes import plan_job
 from tessera.serving.jobs.planner import TilingOptions
 from tessera.serving.jobs.records import JobRecord
 from tessera.serving.jobs.sampling import Sampler, SamplingHooks, SamplingSettings

@@ -9,8 +9,9 @@ import pytest
 from tessera.models.interface import LatentGeometry, ModelCard, ModelLimits
 from tessera.serving.config import LimitsConfig
 from tessera.serving.errors import InvalidRequestError
-from tessera.serving.jobs.layout import edit_schedule, plan_job, segment_windows
-from tessera.serving.jobs.modes import resample_indices
+from tessera.serving.jobs.layout import edit_schedule
+from tessera.serving.jobs.modes import plan_job, resample_indices
+from tessera.serving.jobs.modes.multi_shot import segment_windows
 from tessera.serving.jobs.planner import TilingOptions, plan_windows
 from tessera.serving.jobs.spec import GenerationRequest, MediaInfo, MediaInput, Mode, ShotRequest
 from tessera.serving.jobs.validation import resolve_request

@@ -1,0 +1,28 @@
+"""Image to video (``from_image``): the image is the first frame, or the last with ``image_is_last_frame``.
+
+The image's latent is given (kept clean while the rest is denoised): latent 0 when first; when
+last, the image is encoded as a still group and placed at the last latent frame."""
+
+from __future__ import annotations
+
+from tessera.models.interface import TimeGrid
+from tessera.serving.jobs.layout import JobPlan, Placement
+from tessera.serving.jobs.modes.base import IMAGE, ModeRules, ResolveContext
+from tessera.serving.jobs.planner import RenderPlan, TilingOptions
+from tessera.serving.jobs.spec import GenerationRequest, Mode, RenderSpec, ResolvedInput
+
+
+class ImageToVideo(ModeRules):
+    mode = Mode.IMAGE_TO_VIDEO
+    selected_by = ("from_image",)
+    options = ("image_is_last_frame",)
+    inputs = {"from_image": IMAGE}
+
+    def resolve(self, request: GenerationRequest, context: ResolveContext) -> dict:
+        image = ResolvedInput(name="from_image", info=context.media["from_image"], frame_indices=(0,))
+        return {"num_frames": context.requested_frames, "inputs": (image,), "image_is_last_frame": request.image_is_last_frame}
+
+    def plan(self, spec: RenderSpec, render: RenderPlan, grid: TimeGrid, options: TilingOptions) -> JobPlan:
+        last = spec.image_is_last_frame
+        at = render.latent_frames - 1 if last else 0
+        return JobPlan(self.mode, render, given=(Placement("from_image", (0,), at, 1, group_aligned=last),))
