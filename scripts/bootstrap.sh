@@ -11,11 +11,18 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ "$purpose" != run ] && ! command -v ffprobe >/dev/null 2>&1; then need_apt+=(ffmpeg); fi
 # headless chromium opens a batch's report.html in tests/integration/test_batches.py (tests only)
 if [ "$purpose" != run ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+# nginx runs the TLS front of deploy/nginx in tests/integration/test_tls_front.py, openssl makes its
+# certificates (tests only; Debian's nginx lies in /usr/sbin, which a user's PATH may lack)
+new_nginx=0
+if [ "$purpose" != run ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then need_apt+=(nginx); new_nginx=1; fi
+if [ "$purpose" != run ] && ! command -v openssl >/dev/null 2>&1; then need_apt+=(openssl); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] installing system packages: ${need_apt[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 ||
     { $sudo_cmd apt-get update >/dev/null && $sudo_cmd apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null; }
+  # The tests start their own unprivileged nginx: the package's service (port 80) is not wanted.
+  if [ "$new_nginx" = 1 ] && command -v systemctl >/dev/null 2>&1; then $sudo_cmd systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 fi
 
 python_bin=${PYTHON:-}
