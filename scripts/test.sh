@@ -3,10 +3,12 @@
 # the embedded S3 server, ffprobe), checks the committed gRPC stubs, runs pytest.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k planner).
 #
-# Two pytest sessions, since a process holds one Ray cluster: the main one (its integration tests
+# Three pytest sessions, since a process holds one Ray cluster: the main one (its integration tests
 # share one single-node stack), then the multinode tier (-m multinode: a simulated cluster of
-# several Ray nodes, tests/multinode) with the same extra arguments. Arguments that choose
-# markers themselves (-m ...) run one session, as given. The exit status is the first failure's.
+# several Ray nodes, tests/multinode) and the open_models tier (-m open_models: a stack serving a
+# tiny random Wan 2.1 diffusers folder, tests/open_models), with the same extra arguments.
+# Arguments that choose markers themselves (-m ...) run one session, as given. The exit status is
+# the first failure's; a session the arguments leave without tests counts only if all are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
@@ -19,11 +21,15 @@ for arg in "$@"; do
 done
 
 NO_TESTS=5  # pytest's status when the arguments select no test (e.g. -k planner in the multinode tier)
-main=0
-.venv/bin/pytest "$@" || main=$?
-multinode=0
-.venv/bin/pytest -m multinode "$@" || multinode=$?
-if [ "$main" -eq "$NO_TESTS" ] && [ "$multinode" -ne "$NO_TESTS" ]; then main=0; fi
-if [ "$multinode" -eq "$NO_TESTS" ] && [ "$main" -ne "$NO_TESTS" ]; then multinode=0; fi
-if [ "$main" -ne 0 ]; then exit "$main"; fi
-exit "$multinode"
+statuses=()
+status=0; .venv/bin/pytest "$@" || status=$?; statuses+=("$status")
+for tier in multinode open_models; do
+    status=0; .venv/bin/pytest -m "$tier" "$@" || status=$?; statuses+=("$status")
+done
+for status in "${statuses[@]}"; do
+    if [ "$status" -ne 0 ] && [ "$status" -ne "$NO_TESTS" ]; then exit "$status"; fi
+done
+for status in "${statuses[@]}"; do
+    if [ "$status" -eq 0 ]; then exit 0; fi
+done
+exit "$NO_TESTS"
