@@ -177,6 +177,16 @@ class CogVideoXModelConfig(OpenModelConfig):
     decode_context_frames: int = Field(4, ge=0, description="Latent frames of context before each decode tile.")
 
 
+class HunyuanVideo15ModelConfig(OpenModelConfig):
+    """HunyuanVideo 1.5 text to video (diffusers ``HunyuanVideo15Pipeline``; models/open/hunyuan.py)."""
+
+    family: Literal["hunyuanvideo15"] = Field("hunyuanvideo15", description="Model family: HunyuanVideo 1.5 text to video.")
+    fps: float = Field(24.0, gt=0, description="The frame rate the model renders at (HunyuanVideo 1.5: 24).")
+    decode_context_frames: int = Field(
+        4, ge=0, description="Latent frames of context before each decode tile (see models/open/hunyuan.py)."
+    )
+
+
 def _family(value: Any) -> str:
     """The ``family`` tag of a config given as data or as a model; missing means 'native'."""
     if isinstance(value, dict):
@@ -191,6 +201,7 @@ ModelConfig = Annotated[
         Annotated[WanModelConfig, Tag("wan")],
         Annotated[LTXModelConfig, Tag("ltx")],
         Annotated[CogVideoXModelConfig, Tag("cogvideox")],
+        Annotated[HunyuanVideo15ModelConfig, Tag("hunyuanvideo15")],
     ],
     Discriminator(_family),
 ]
@@ -201,6 +212,7 @@ MODEL_CONFIG_ADAPTER: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
 
 def parse_model_config(
     data: Any,
-) -> NativeModelConfig | SimModelConfig | WanModelConfig | LTXModelConfig | CogVideoXModelConfig:
+) -> (NativeModelConfig | SimModelConfig | WanModelConfig | LTXModelConfig | CogVideoXModelConfig
+      | HunyuanVideo15ModelConfig):
     """Validate plain data (a config file's ``model`` section) into the family's config."""
     return MODEL_CONFIG_ADAPTER.validate_python(data)

@@ -231,6 +231,10 @@ class TextConditioning:
 
     tokens: torch.Tensor  # (N, D) float
     mask: torch.Tensor  # (N,) bool, True where a token is real
+    extra: dict[str, TextConditioning] = dataclasses.field(default_factory=dict)
+    """The same prompt through the family's other text encoders, by names the family chooses, for
+    families that condition on several (HunyuanVideo 1.5: ByT5's glyph embeddings beside the
+    MLLM's); empty with one encoder. Serving hashes, ships and caches them with ``tokens``."""
 
 
 @dataclasses.dataclass

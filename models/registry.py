@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tessera.models.config import CogVideoXModelConfig, LTXModelConfig, ModelConfig, NativeModelConfig, WanModelConfig
-from tessera.models.config import SimModelConfig
+from tessera.models.config import HunyuanVideo15ModelConfig, SimModelConfig
 from tessera.models.interface import ALL_PARTS, VideoModel
 
 
@@ -31,6 +31,10 @@ def load_model(config: ModelConfig, parts: Iterable[str] = ALL_PARTS) -> VideoMo
         from tessera.models.open.cogvideox import CogVideoXModel
 
         return CogVideoXModel.load(config, parts)
+    if isinstance(config, HunyuanVideo15ModelConfig):
+        from tessera.models.open.hunyuan import HunyuanVideo15Model
+
+        return HunyuanVideo15Model.load(config, parts)
     if isinstance(config, SimModelConfig):
         from tessera.models.sim.model import SimVideoModel
 

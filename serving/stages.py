@@ -60,13 +60,20 @@ class SharedText:
     @staticmethod
     def content_key(text: TextConditioning, negative: TextConditioning | None) -> str:
         digest = hashlib.sha256()
+
+        def add(part: TextConditioning) -> None:
+            digest.update(str(tuple(part.tokens.shape)).encode())
+            digest.update(part.tokens.contiguous().numpy().tobytes())
+            digest.update(part.mask.contiguous().numpy().tobytes())
+            for name in sorted(part.extra):  # other encoders' outputs (TextConditioning.extra)
+                digest.update(f"+{name}".encode())
+                add(part.extra[name])
+
         for part in (text, negative):
             if part is None:
                 digest.update(b"-")
                 continue
-            digest.update(str(tuple(part.tokens.shape)).encode())
-            digest.update(part.tokens.contiguous().numpy().tobytes())
-            digest.update(part.mask.contiguous().numpy().tobytes())
+            add(part)
         return digest.hexdigest()
 
 

@@ -22,4 +22,4 @@ def test_example_is_a_valid_overlay(example):
 
 def test_every_open_family_has_an_example():
     families = {yaml.safe_load(p.read_text())["model"]["family"] for p in EXAMPLES}
-    assert families >= {"wan", "ltx", "cogvideox"}
+    assert families >= {"wan", "ltx", "cogvideox", "hunyuanvideo15"}

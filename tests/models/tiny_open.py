@@ -40,9 +40,10 @@ def umt5_encoder(d_model: int = 32):
     return UMT5EncoderModel(config).eval()
 
 
-def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0) -> Path:
+def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0, text_dim: int = 32) -> Path:
     """A tiny Wan 2.1 ``WanPipeline`` (UniPC, as the released folders have), or with
-    ``two_experts`` a Wan 2.2 A14B-style one (``transformer_2`` below ``boundary_ratio`` 0.8)."""
+    ``two_experts`` a Wan 2.2 A14B-style one (``transformer_2`` below ``boundary_ratio`` 0.8).
+    ``text_dim``: the text encoder's width (the released UMT5-XXL: 4096, for conditioning of real size)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -50,13 +51,13 @@ def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
     def transformer():
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            text_dim=text_dim, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         ).eval()
 
     pipe = WanPipeline(
         tokenizer=word_tokenizer(),
-        text_encoder=umt5_encoder(32),
+        text_encoder=umt5_encoder(text_dim),
         vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]).eval(),
         scheduler=UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000, solver_order=2,
@@ -133,5 +134,74 @@ def cogvideox_t2v(folder: Path, *, seed: int = 0, dpm: bool = False) -> Path:
     settings = dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True, snr_shift_scale=1.0)
     scheduler = (CogVideoXDPMScheduler if dpm else CogVideoXDDIMScheduler)(**settings)
     pipe = CogVideoXPipeline(tokenizer=word_tokenizer(16), text_encoder=t5_encoder(32), vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+
+HUNYUAN_CROP = 108
+"""``HunyuanVideo15Pipeline.prompt_template_encode_start_idx``: tokens of the chat template before the prompt."""
+
+
+def hunyuan_system_message() -> str:
+    """The system message HunyuanVideo 1.5's pipeline puts before every prompt (the default of its
+    ``_get_mllm_prompt_embeds``, the same text its ``__init__`` sets)."""
+    import inspect
+
+    from diffusers import HunyuanVideo15Pipeline
+
+    return inspect.signature(HunyuanVideo15Pipeline._get_mllm_prompt_embeds).parameters["system_message"].default
+
+
+def chat_tokenizer(prefix_tokens: int = HUNYUAN_CROP, max_length: int = 2048):
+    """:func:`word_tokenizer` with a chat template whose system part is exactly ``prefix_tokens``
+    tokens long, as Qwen2.5-VL's template around HunyuanVideo 1.5's system message is (the pipeline
+    crops that many), so what remains after the crop is the prompt's own tokens."""
+    tokenizer = word_tokenizer(max_length)
+    system = "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    tokenizer.chat_template = system + "{% endif %}{% endfor %}"
+    conversation = [{"role": "system", "content": hunyuan_system_message()}, {"role": "user", "content": "a"}]
+    used = len(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+    if used > prefix_tokens:
+        raise ValueError(f"the system message takes {used} tokens, more than the crop of {prefix_tokens}")
+    filler = " sky" * (prefix_tokens - used)  # each system word is one <unk>; filler words make up the rest
+    tokenizer.chat_template = system + filler + "{% else %} {{ m['content'] }}{% endif %}{% endfor %}"
+    return tokenizer
+
+
+def hunyuan15_t2v(folder: Path, *, seed: int = 0, guidance_scale: float = 6.0) -> Path:
+    """A tiny ``HunyuanVideo15Pipeline`` (text to video) with the sizes of diffusers' own tests:
+    a 2-layer Qwen2.5-VL text model, a 2-layer T5 for ByT5 (``ByT5Tokenizer`` needs no files), a
+    1-layer transformer, a VAE of 4x spatial and 2x temporal compression; the flow-match Euler
+    scheduler with shift 7 and the ClassifierFreeGuidance guider, as the released folders have."""
+    from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from diffusers import HunyuanVideo15Transformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_refiner_layers=1,
+        mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32, image_embed_dim=12,
+        rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v",
+    ).eval()
+    vae = AutoencoderKLHunyuanVideo15(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16), layers_per_block=1,
+        spatial_compression_ratio=4, temporal_compression_ratio=2, downsample_match_channel=False, upsample_match_channel=False,
+    ).eval()
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, rope_theta=1e6,
+        bos_token_id=None, eos_token_id=1, pad_token_id=0,
+    )).eval()
+    byt5 = T5EncoderModel(T5Config(
+        vocab_size=384, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=chat_tokenizer(), transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=byt5, tokenizer_2=ByT5Tokenizer(),
+        guider=ClassifierFreeGuidance(guidance_scale=guidance_scale),
+    )
     pipe.save_pretrained(folder)
     return folder
