@@ -353,12 +353,16 @@ def cmd_up(args) -> int:
     from tessera.cluster.stack import EmbeddedStack
 
     stack = EmbeddedStack(args.home, config_path=args.config, grpc_port=args.grpc_port, s3_port=args.s3_port,
-                          http_port=args.http_port)
+                          http_port=args.http_port, metrics_port=args.metrics_port)
     state = stack.up(log=print)
     print(f"gRPC:      {state.grpc_address}")
     if state.http_base_url:
         print(f"HTTP:      {state.http_base_url}   (OpenAI-compatible videos API)")
     print(f"S3:        {state.s3_endpoint or '(configured store)'} bucket {state.bucket}")
+    if state.metrics_url:
+        print(f"metrics:   {state.metrics_url}   (Prometheus; deploy/prometheus.yml, deploy/grafana/tessera.json)")
+    if state.ray_logs_dir:
+        print(f"logs:      {state.ray_logs_dir}/serve/   (one JSON line per event, per replica)")
     print(f"home:      {args.home}")
     _print_auth(state)
     _print_listening(state)
@@ -411,7 +415,7 @@ def cmd_run(args) -> int:
     from tessera.cluster.stack import EmbeddedStack
 
     stack = EmbeddedStack(args.home, config_path=args.config, grpc_port=args.grpc_port, s3_port=args.s3_port,
-                          http_port=args.http_port)
+                          http_port=args.http_port, metrics_port=args.metrics_port)
     started_here = stack.read_state() is None
     stack.up(log=print)
     try:
@@ -487,6 +491,7 @@ def _add_stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 9000)")
     parser.add_argument("--s3-port", type=int, default=None, help="embedded S3 server port (default 9010)")
     parser.add_argument("--http-port", type=int, default=None, help="HTTP port of the OpenAI-compatible API (default 9001)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port, Ray's metrics agent (default 9020)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--s3-port", type=int)
     parser.add_argument("--http-port", type=int)
+    parser.add_argument("--metrics-port", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     document = load_document(args.config) if args.config else None
-    runner = StackRunner(args.home, config=document, grpc_port=args.grpc_port, s3_port=args.s3_port, http_port=args.http_port)
+    runner = StackRunner(args.home, config=document, grpc_port=args.grpc_port, s3_port=args.s3_port, http_port=args.http_port,
+                         metrics_port=args.metrics_port)
     state_path = args.home / "stack.json"
     status_path = args.home / "serve_status.json"
     try:
@@ -87,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             "api_key_file": str(key_file(args.home)) if runner.api_key else None,
             "api_key_created": runner.api_key_created,
             "listening": [item.as_dict() for item in runner.listening()],
+            "metrics_url": runner.metrics_url,
+            "ray_logs_dir": runner.ray_logs_dir,
         }
         state_path.write_text(json.dumps(state, indent=2))
-        logger.info("ready: gRPC %s, HTTP %s, S3 %s", address, http_base_url(config), config.storage.endpoint_url)
+        logger.info("ready: gRPC %s, HTTP %s, S3 %s, metrics %s", address, http_base_url(config), config.storage.endpoint_url,
+                    runner.metrics_url)
         while not stop.wait(5.0):
             try:
                 status_path.write_text(json.dumps(serve_status_snapshot(config.app_name), indent=2))

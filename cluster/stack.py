@@ -96,7 +96,10 @@ def pick_free_port(avoid: Collection[int] = (), candidates: Sequence[int] | None
 
 
 def port_taken_message(port: int, proxy: str = "grpc") -> str:
-    """``proxy``: "grpc" or "http", the Serve proxy whose port is taken."""
+    """``proxy``: "grpc" or "http", the Serve proxy whose port is taken; or "metrics", Ray's metrics agent."""
+    if proxy == "metrics":
+        return (f"the metrics port {port} is already in use on this machine; stop what holds it "
+                "or choose another port (--metrics-port, or metrics.export_port in the config)")
     name = "gRPC" if proxy == "grpc" else "HTTP"
     return (f"the {name} port {port} is already in use on this machine; stop what holds it "
             f"or choose another port (--{proxy}-port, or {proxy}.port in the config)")
@@ -105,6 +108,14 @@ def port_taken_message(port: int, proxy: str = "grpc") -> str:
 def http_base_url(config: TesseraConfig) -> str:
     """Where the OpenAI-compatible API answers (what ``OpenAI(base_url=...)`` takes)."""
     return f"http://{config.http.host}:{config.http.port}/v1"
+
+
+def metrics_url(config: TesseraConfig, node_ip: str = "127.0.0.1") -> str:
+    """Where Prometheus scrapes the stack: Ray's metrics agent on this node (every process's
+    metrics, Tessera's, Serve's and Ray's; serving/metrics.py). On loopback unless
+    ``network.loopback_only`` is off, then on the node's address."""
+    host = "127.0.0.1" if config.network.loopback_only else node_ip
+    return f"http://{host}:{config.metrics.export_port}/metrics"
 
 
 def wait_http_ready(base_url: str, timeout_s: float) -> None:
@@ -166,6 +177,10 @@ class StackState:
     """This start made the key (``tessera up`` prints it then, once)."""
     listening: list[dict] | None = None
     """Every listening socket of the stack's processes when it became ready (cluster/loopback.py)."""
+    metrics_url: str | None = None
+    """Prometheus scrape endpoint (Ray's metrics agent); None in a stack.json written before it existed."""
+    ray_logs_dir: str | None = None
+    """The Ray session's log folder: ``serve/`` in it holds every replica's JSON log."""
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -186,14 +201,16 @@ class StackRunner:
         s3_port: int | None = None,
         num_cpus: int | None = None,
         http_port: int | None = None,
+        metrics_port: int | None = None,
     ):
         """``config`` is a Tessera config document (as loaded from YAML), possibly partial.
         Without a ``storage`` section the embedded S3 server is started under ``home/s3``.
-        ``grpc_port``/``http_port`` override the config's ports."""
+        ``grpc_port``/``http_port``/``metrics_port`` override the config's ports."""
         self.home = Path(home)
         self._document = dict(config or {})
         self._grpc_port = grpc_port
         self._http_port = http_port
+        self._metrics_port = metrics_port
         self._s3_port = s3_port
         self._num_cpus = num_cpus or os.cpu_count() or 2
         self.s3: EmbeddedS3Server | None = None
@@ -202,6 +219,10 @@ class StackRunner:
         """The stack's own key (auth on and no keys in the config), else None."""
         self.api_key_created = False
         self._single_machine: ray_single_machine_mode | None = None
+        self.metrics_url: str | None = None
+        """The Prometheus scrape endpoint, once started."""
+        self.ray_logs_dir: str | None = None
+        """The Ray session's log folder (replica logs in its ``serve/``), once started."""
 
     @property
     def auth_mode(self) -> str:
@@ -225,6 +246,7 @@ class StackRunner:
         if self.config is not None:
             roles[self.config.grpc.port] = "gRPC API (Serve gRPC proxy)"
             roles[self.config.http.port] = "HTTP API (Serve HTTP proxy)"
+            roles[self.config.metrics.export_port] = "Prometheus metrics (Ray metrics agent)"
         if self.s3 is not None:
             try:
                 roles[self.s3.port] = "S3 (embedded server)"
@@ -259,6 +281,8 @@ class StackRunner:
             document["grpc"] = {**document.get("grpc", {}), "port": self._grpc_port}
         if self._http_port is not None:
             document["http"] = {**document.get("http", {}), "port": self._http_port}
+        if self._metrics_port is not None:
+            document["metrics"] = {**document.get("metrics", {}), "export_port": self._metrics_port}
         self._add_stack_key(document)
         config = TesseraConfig.model_validate(document)
         self.config = config
@@ -269,11 +293,11 @@ class StackRunner:
                         f"{name} is {host}, not a loopback address, but network.loopback_only is on (the embedded "
                         f"stack's default): set {name}: 127.0.0.1, or network.loopback_only: false to listen beyond this machine"
                     )
-        for proxy, port in (("grpc", config.grpc.port), ("http", config.http.port)):
+        for proxy, port in (("grpc", config.grpc.port), ("http", config.http.port), ("metrics", config.metrics.export_port)):
             try:
                 taken = port_in_use(port)
             except OSError as error:
-                name = "gRPC" if proxy == "grpc" else "HTTP"
+                name = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}[proxy]
                 raise StackStartError(f"cannot listen on the {name} port {port}: {error.strerror}") from None
             if taken:
                 raise StackStartError(port_taken_message(port, proxy))
@@ -288,8 +312,14 @@ class StackRunner:
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            # Ray's metrics agent (in the dashboard agent every raylet starts; the dashboard itself
+            # stays off) serves every process's metrics on this port: see serving/metrics.py.
+            _metrics_export_port=config.metrics.export_port,
+            _system_config={"metrics_report_interval_ms": round(config.metrics.report_interval_s * 1000)},
             **({"runtime_env": {"worker_process_setup_hook": SETUP_HOOK}} if loopback else {}),
         )
+        self.metrics_url = metrics_url(config, ray.util.get_node_ip_address())
+        self.ray_logs_dir = ray._private.worker._global_node.get_logs_dir_path()  # Ray has no public call for it
         if loopback and not is_loopback(ray.util.get_node_ip_address()):
             raise StackStartError(
                 f"Ray started with node IP {ray.util.get_node_ip_address()}, not 127.0.0.1, so its ports listen beyond "
@@ -366,12 +396,13 @@ class EmbeddedStack:
     """The CLI's handle on a detached stack under ``home``."""
 
     def __init__(self, home: Path, config_path: Path | None = None, grpc_port: int | None = None, s3_port: int | None = None,
-                 http_port: int | None = None):
+                 http_port: int | None = None, metrics_port: int | None = None):
         self.home = Path(home)
         self.config_path = config_path
         self.grpc_port = grpc_port
         self.s3_port = s3_port
         self.http_port = http_port
+        self.metrics_port = metrics_port
 
     @property
     def state_path(self) -> Path:
@@ -403,6 +434,8 @@ class EmbeddedStack:
             command += ["--s3-port", str(self.s3_port)]
         if self.http_port is not None:
             command += ["--http-port", str(self.http_port)]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", str(self.metrics_port)]
         log(f"starting the stack (log: {self.log_path})")
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log_file:
@@ -447,7 +480,8 @@ class EmbeddedStack:
         if state is None:
             return {"running": False, "healthy": False}
         report: dict = {"running": True, "pid": state.pid, "grpc": state.grpc_address, "http": state.http_base_url,
-                        "s3": state.s3_endpoint, "bucket": state.bucket, "uptime_s": round(time.time() - state.started_at, 1)}
+                        "s3": state.s3_endpoint, "bucket": state.bucket, "metrics": state.metrics_url,
+                        "logs": state.ray_logs_dir, "uptime_s": round(time.time() - state.started_at, 1)}
         serve_status = self.home / "serve_status.json"
         if serve_status.exists():
             report.update(json.loads(serve_status.read_text()))

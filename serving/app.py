@@ -19,6 +19,7 @@ from tessera.serving.denoiser import Denoiser
 from tessera.serving.gateway import Gateway
 from tessera.serving.health import HEALTH_SERVICER
 from tessera.serving.job_runner import JobRunner
+from tessera.serving.logs import serve_logging_config
 from tessera.serving.prompt_expander import PromptExpander
 
 GRPC_SERVICER = "tessera.serving.api.servicer.add_VideoGenerationServicer_to_server"
@@ -29,19 +30,24 @@ ROUTE_PREFIX = "/"
 
 
 def build_app(config: TesseraConfig) -> serve.Application:
-    """The five deployments, each sized by its entry in ``config.deployments``."""
+    """The five deployments, each sized by its entry in ``config.deployments``, each logging as ``config.logs`` says."""
     d = config.deployments
-    expander = PromptExpander.options(name="PromptExpander", **d.prompt_expander.serve_options()).bind(
+    logs = serve_logging_config(config.logs)
+    expander = PromptExpander.options(
+        name="PromptExpander", logging_config=logs, **d.prompt_expander.serve_options()
+    ).bind(
         config.model, config.expansion, d.prompt_expander.threads
     )
-    denoiser = Denoiser.options(name="Denoiser", **d.denoiser.serve_options()).bind(
+    denoiser = Denoiser.options(name="Denoiser", logging_config=logs, **d.denoiser.serve_options()).bind(
         config.model, d.denoiser.threads, config.batching, config.jobs.interactive_min_priority
     )
-    decoder = Decoder.options(name="Decoder", **d.decoder.serve_options()).bind(
+    decoder = Decoder.options(name="Decoder", logging_config=logs, **d.decoder.serve_options()).bind(
         config.model, config.video, d.decoder.threads
     )
-    job_runner = JobRunner.options(name="JobRunner", **d.job_runner.serve_options()).bind(config, expander, denoiser, decoder)
-    return Gateway.options(name="Gateway", **d.gateway.serve_options()).bind(config, job_runner)
+    job_runner = JobRunner.options(name="JobRunner", logging_config=logs, **d.job_runner.serve_options()).bind(
+        config, expander, denoiser, decoder
+    )
+    return Gateway.options(name="Gateway", logging_config=logs, **d.gateway.serve_options()).bind(config, job_runner)
 
 
 def grpc_options(config: TesseraConfig) -> gRPCOptions:

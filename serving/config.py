@@ -494,6 +494,37 @@ class NetworkConfig(_Strict):
     )
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics (serving/metrics.py). They are exported by Ray's metrics agent on each node's
+    metrics export port, beside Ray's and Serve's own; on a Ray cluster that port and Ray's reporting
+    interval are the cluster's (`ray start --metrics-export-port`), the first two fields here set them
+    for the embedded stack only."""
+
+    export_port: int = Field(
+        9020, ge=1, le=65535, description="Embedded stack: the port Ray's metrics agent serves /metrics on "
+        "(127.0.0.1 while network.loopback_only); `tessera status` prints the URL.",
+    )
+    report_interval_s: float = Field(
+        5.0, gt=0, le=60, description="Embedded stack: how often every Ray process sends what it recorded to the "
+        "metrics agent (Ray's metrics_report_interval_ms); a scrape lags a recording by up to this much.",
+    )
+    replicas_poll_s: float = Field(
+        10.0, gt=0, description="How often each Gateway replica reads the replica counts of every deployment from "
+        "Serve's controller for tessera_deployment_replicas.",
+    )
+
+
+class LogsConfig(_Strict):
+    """Logs of every deployment (Serve's replica logs under the Ray session's logs/serve/, serving/logs.py)."""
+
+    encoding: Literal["JSON", "TEXT"] = Field(
+        "JSON", description="JSON: one JSON object per line, with the job (tessera_job_id), request (request_id) and "
+        "tenant besides Ray's and Serve's context. TEXT: Serve's text lines.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level written.")
+    access_log: bool = Field(True, description="Serve's one line per call handled by a replica (method, status, time).")
+
+
 class HFExpansionConfig(_Strict):
     """A Hugging Face causal language model that re-captions prompts (loaded from a local folder)."""
 
@@ -598,6 +629,8 @@ class TesseraConfig(_Strict):
     auth: AuthConfig = Field(AuthConfig(), description="API keys and tenants.")
     quotas: QuotasConfig = Field(QuotasConfig(), description="Per-tenant quotas.")
     network: NetworkConfig = Field(NetworkConfig(), description="Where the embedded stack listens.")
+    metrics: MetricsConfig = Field(MetricsConfig(), description="Prometheus metrics.")
+    logs: LogsConfig = Field(LogsConfig(), description="Structured logs of every deployment.")
     expansion: ExpansionConfig = Field(ExpansionConfig(), description="Prompt expansion backend.")
 
     @classmethod

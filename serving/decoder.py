@@ -3,12 +3,16 @@ input images and videos to latents (the VAE's encoder), for the modes that start
 
 from __future__ import annotations
 
+import time
+
 import torch
 from ray import serve
 
 from tessera.models.config import ModelConfig
 from tessera.models.registry import load_model
+from tessera.serving.logs import configure_replica_logging
 from tessera.serving.media import decode_media, fit_frames
+from tessera.serving.metrics import record_tile
 from tessera.serving.stages import DecodedTile, DecodeTileRequest, EncodeRequest, ModelThread
 from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
@@ -20,6 +24,7 @@ class DecoderEngine:
         self.model = load_model(model_config, parts={"vae"})
 
     def _decode(self, request: DecodeTileRequest) -> DecodedTile:
+        started = time.monotonic()
         frames = self.model.decode_latents(request.latents, context_frames=request.context_frames)
         if frames.shape[0] < request.num_frames:
             raise ValueError(
@@ -29,13 +34,15 @@ class DecoderEngine:
         poster = None
         if request.poster_frame is not None:
             poster = encode_png(frames[request.poster_frame])
-        return DecodedTile(
+        tile = DecodedTile(
             index=request.index,
             first_frame=request.first_frame,
             num_frames=request.num_frames,
             mp4=encode_mp4(frames, request.fps, self._video) if request.encode_video else b"",
             poster_png=poster,
         )
+        record_tile(time.monotonic() - started)
+        return tile
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
         return await self._thread.run(self._decode, request)
@@ -66,6 +73,7 @@ class Decoder:
     """Serve shim around :class:`DecoderEngine`."""
 
     def __init__(self, model_config: ModelConfig, video: VideoEncodingConfig, threads: int | None = None):
+        configure_replica_logging()
         self.engine = DecoderEngine(model_config, video, threads)
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:

@@ -32,6 +32,8 @@ from tessera.serving.http.openai_videos import VideosAPI, create_app
 from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.records import JobState, is_job_id
 from tessera.serving.jobs.submission import JobFront, NoCapacityError
+from tessera.serving.logs import bind as bind_log_fields, configure_replica_logging
+from tessera.serving.metrics import ReplicaReporter, record_rejection, rejection_reason
 from tessera.serving.storage import ObjectStore
 
 logger = logging.getLogger("tessera.gateway")
@@ -44,6 +46,9 @@ def _set_error(grpc_context, error: Exception) -> None:
     failure = describe_failure(error)
     if not isinstance(error, TesseraError):
         logger.exception("unexpected error in the gateway", exc_info=error)
+    reason = rejection_reason(failure)
+    record_rejection("grpc", reason)
+    logger.info("call refused: %s %s", failure.code_name, reason, extra={"reason": reason})
     grpc_context.set_code(failure.code)
     grpc_context.set_details(failure.message)
     if isinstance(error, NoCapacityError):
@@ -63,6 +68,7 @@ class _StreamFailed(Exception):
 class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, RetryBatch: serving/batches/
     def __init__(self, config: TesseraConfig, job_runner):
         logging.basicConfig(level=logging.INFO)
+        configure_replica_logging()
         self.config = config
         self.store = ObjectStore(config.storage)
         self.auth = Authenticator(config.auth)
@@ -70,6 +76,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
         attempts = 2 * config.deployments.job_runner.most_replicas + 1
         self.jobs = JobFront(config, model, self.store, offer=lambda tenant, job_id: job_runner.offer.remote(tenant, job_id),
                              offer_attempts=attempts)
+        self._replicas = ReplicaReporter(config.metrics.replicas_poll_s).start()  # tessera_deployment_replicas
 
     def __serve_build_asgi_app__(self):
         """The OpenAI-compatible HTTP API over this replica's job front, keys and store."""
@@ -79,7 +86,9 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
         return app
 
     def _tenant(self, grpc_context) -> str:
-        return self.auth.tenant(dict(grpc_context.invocation_metadata()))
+        tenant = self.auth.tenant(dict(grpc_context.invocation_metadata()))
+        bind_log_fields(tenant=tenant)  # every line this call logs from here on names its tenant
+        return tenant
 
     # grpc.health.v1.Health: Serve's proxy routes /grpc.health.v1.Health/Check and /Watch here by
     # method name. No API key: a health check says only whether every stage has a running replica.
@@ -93,6 +102,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
     async def SubmitJob(self, request: pb.GenerateRequest, grpc_context) -> pb.Job:
         try:
             record = await self.jobs.submit(self._tenant(grpc_context), request_from_proto(request))
+            bind_log_fields(tessera_job_id=record.job_id)
             return job_to_proto(record, self.store)
         except Exception as error:
             _set_error(grpc_context, error)
@@ -104,6 +114,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
         try:
             tenant = self._tenant(grpc_context)
             record = await self.jobs.submit(tenant, request_from_proto(request))
+            bind_log_fields(tessera_job_id=record.job_id)
             async for event in self._events(tenant, record.job_id, grpc_context):
                 yield event
         except Exception as error:
@@ -111,6 +122,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
             raise _StreamFailed() from None
 
     async def WatchJob(self, request: pb.WatchJobRequest, grpc_context):
+        bind_log_fields(tessera_job_id=request.job_id if is_job_id(request.job_id) else None)
         try:
             async for event in self._events(self._tenant(grpc_context), request.job_id, grpc_context):
                 yield event
@@ -133,6 +145,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
                 grpc_context.set_details(f"job {job_id} was cancelled")
 
     async def GetJob(self, request: pb.GetJobRequest, grpc_context) -> pb.Job:
+        bind_log_fields(tessera_job_id=request.job_id if is_job_id(request.job_id) else None)
         try:
             record = await self.jobs.get(self._tenant(grpc_context), request.job_id)
             return job_to_proto(record, self.store)
@@ -141,6 +154,7 @@ class Gateway(BatchRPCs):  # SubmitBatch, GetBatch, ListBatches, CancelBatch, Re
             return pb.Job()
 
     async def CancelJob(self, request: pb.CancelJobRequest, grpc_context) -> pb.Job:
+        bind_log_fields(tessera_job_id=request.job_id if is_job_id(request.job_id) else None)
         try:
             record = await self.jobs.cancel(self._tenant(grpc_context), request.job_id)
             return job_to_proto(record, self.store)

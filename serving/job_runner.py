@@ -18,6 +18,8 @@ from ray import serve
 from tessera.models.registry import load_model
 from tessera.serving.config import TesseraConfig
 from tessera.serving.jobs.engine import JobEngine
+from tessera.serving.logs import configure_replica_logging
+from tessera.serving.metrics import MeteredStages
 from tessera.serving.stages import ServeStages
 from tessera.serving.storage import ObjectStore
 
@@ -38,9 +40,10 @@ def replica_name() -> str:
 class JobRunner:
     async def __init__(self, config: TesseraConfig, expander, denoiser, decoder):
         logging.basicConfig(level=logging.INFO)
+        configure_replica_logging()
         self.config = config
         model = load_model(config.model, parts=())  # card and schedule only: no weights here
-        stages = ServeStages(expander, denoiser, decoder, retry_budget_s=config.jobs.stage_retry_s)
+        stages = MeteredStages(ServeStages(expander, denoiser, decoder, retry_budget_s=config.jobs.stage_retry_s))
         self.engine = JobEngine(config, model, stages, ObjectStore(config.storage), replica_name())
         await self.engine.start()
 

@@ -10,6 +10,7 @@ from tessera.models.config import ModelConfig
 from tessera.models.registry import load_model
 from tessera.serving.config import ExpansionConfig
 from tessera.serving.expansion import Expansion, build_expander
+from tessera.serving.logs import configure_replica_logging
 from tessera.serving.stages import Conditioning, ModelThread
 
 
@@ -49,6 +50,7 @@ class PromptExpander:
     """Serve shim around :class:`PromptExpanderEngine`."""
 
     def __init__(self, model_config: ModelConfig, expansion: ExpansionConfig, threads: int | None = None):
+        configure_replica_logging()
         self.engine = PromptExpanderEngine(model_config, expansion, threads)
 
     async def condition(

@@ -46,6 +46,8 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from tessera.serving.metrics import record_s3_error, record_s3_retry
+
 logger = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
@@ -296,7 +298,34 @@ def _make_client(config: StorageConfig, endpoint_url: str | None) -> Any:
     )
     # A session per client: boto3's shared default session is not safe to use from threads.
     session = boto3.session.Session(**credentials)
-    return session.client("s3", endpoint_url=endpoint_url, config=botocore_config)
+    client = session.client("s3", endpoint_url=endpoint_url, config=botocore_config)
+    # botocore retries inside one call; each attempt after the first is counted (tessera_s3_retries_total).
+    client.meta.events.register("request-created.s3", _count_retry)
+    return client
+
+
+def _count_retry(request, operation_name: str, **_) -> None:
+    if request.context.get("retries", {}).get("attempt", 1) > 1:
+        record_s3_retry(operation_name, "request")
+
+
+def _error_kind(error: StorageError) -> str:
+    if isinstance(error, StorageUnavailableError):
+        return "unavailable"
+    if isinstance(error, StorageAuthError):
+        return "auth"
+    if isinstance(error, ObjectNotFoundError):
+        return "not_found"
+    if isinstance(error, ConditionFailedError):
+        return "precondition"
+    return "other"
+
+
+def _operation(action: str) -> str:
+    """A bounded label for an ``_errors`` action ("upload part 3 of" -> "upload_part"; "copy s3://b/k to" -> "copy")."""
+    head = action.split(" s3://", 1)[0]  # what follows names a key: never part of a label
+    words = [word for word in re.sub(r"\(.*?\)|\d+", " ", head).split() if word not in ("of", "to")]
+    return "_".join(words) or "request"
 
 
 class ObjectStore:
@@ -320,7 +349,9 @@ class ObjectStore:
         try:
             yield
         except (ClientError, BotoCoreError) as error:
-            raise _translate(error, action, where, condition) from error
+            translated = _translate(error, action, where, condition)
+            record_s3_error(_operation(action), _error_kind(translated))
+            raise translated from error
 
     # --- names -----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tessera.serving.api import tessera_pb2 as pb
+from tessera.serving.metrics import record_rejection
 
 SERVICE = "tessera.v1.VideoGeneration"
 
@@ -88,6 +89,7 @@ def safe_deserializer(message_type: type) -> Callable[[bytes], Any]:
 
 
 async def _abort(request: UndecodableRequest, context) -> None:
+    record_rejection("grpc", "invalid")  # counted here, in the proxy: the Gateway never sees the call
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 

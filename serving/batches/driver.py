@@ -32,6 +32,7 @@ from tessera.serving.errors import FailedPreconditionError, TesseraError
 from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.records import JobRecord, JobState
 from tessera.serving.jobs.submission import JobFront, NoCapacityError
+from tessera.serving.logs import bind as bind_log_fields, configure_process_logging
 from tessera.serving.storage import ObjectStore, StorageError
 
 logger = logging.getLogger("tessera.batches")
@@ -261,6 +262,7 @@ def make_driver_class():
     class BatchDriver:
         def __init__(self, config: TesseraConfig, tenant: str, name: str):
             logging.basicConfig(level=logging.INFO)
+            configure_process_logging(config.logs)
             self.config, self.tenant, self.name = config, tenant, name
             self._task: asyncio.Task | None = None
             self._result: BatchProgress | None = None
@@ -292,6 +294,8 @@ def make_driver_class():
             return os.getpid()
 
         async def _main(self, run: BatchRun) -> None:
+            # The batch's jobs and lines carry one request id, the batch's own (the driver outlives the call that made it).
+            bind_log_fields(tenant=self.tenant, request_id=actor_name(self.tenant, self.name))
             while True:
                 try:
                     self._result = await run.run()

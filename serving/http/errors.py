@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from tessera.serving.errors import InputTooLargeError, TesseraError
 from tessera.serving.jobs.failures import describe_failure
 from tessera.serving.jobs.submission import NoCapacityError
+from tessera.serving.metrics import record_rejection, rejection_reason
 
 logger = logging.getLogger("tessera.http")
 
@@ -35,6 +36,9 @@ STATUS_MAP: dict[str, tuple[int, str, str]] = {
     "INTERNAL": (500, "server_error", "internal_error"),
 }
 INPUT_TOO_LARGE = (413, "invalid_request_error", "request_too_large")
+# HTTP status -> the reason label of tessera_requests_rejected_total, for errors made here (not from a TesseraError)
+STATUS_REASONS = {400: "invalid", 401: "unauthenticated", 403: "permission_denied", 404: "not_found", 405: "not_found",
+                  409: "conflict", 413: "too_large", 429: "no_capacity", 503: "unavailable"}
 
 # Tessera request fields named at the start of validation messages -> the API parameter they came from.
 DEFAULT_PARAMS: dict[str, str] = {
@@ -50,8 +54,10 @@ class APIError(Exception):
     """An answer in the API's error shape."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: Mapping[str, str] | None = None):
+                 code: str | None = None, headers: Mapping[str, str] | None = None, reason: str | None = None):
         super().__init__(message)
+        self.reason = reason or STATUS_REASONS.get(status, "internal")
+        """Why the call was refused, for the metrics (see serving/metrics.py)."""
         self.status = status
         self.message = message
         self.type = type
@@ -63,6 +69,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
+        """The error answer; every one is counted here (errors inside an event stream are not answers)."""
+        record_rejection("http", self.reason)
         headers = dict(self.headers)
         if 400 <= self.status < 500 and self.status != 429:
             headers.setdefault("x-should-retry", "false")
@@ -93,7 +101,8 @@ def api_error(error: BaseException, params: Mapping[str, str] | None = None) -> 
     elif status == 503:
         headers = {"Retry-After": "1"}
     param = _param_of(failure.message, {**DEFAULT_PARAMS, **(params or {})}) if status == 400 else None
-    return APIError(status, failure.message, type=kind, param=param, code=code, headers=headers)
+    return APIError(status, failure.message, type=kind, param=param, code=code, headers=headers,
+                    reason=rejection_reason(failure))
 
 
 def failure_code(code_name: str) -> tuple[str, str]:

@@ -70,6 +70,7 @@ from tessera.serving.http.spritesheet import contact_sheet
 from tessera.serving.jobs.records import JobRecord, JobState, Stage, is_job_id
 from tessera.serving.jobs.spec import GenerationRequest, MediaInput
 from tessera.serving.jobs.submission import JobEvent, JobFront
+from tessera.serving.logs import bind as bind_log_fields
 from tessera.serving.storage import ObjectNotFoundError, ObjectStore, StorageError
 
 logger = logging.getLogger("tessera.http")
@@ -198,7 +199,9 @@ class VideosAPI:
         key = value.strip() if scheme.lower() == "bearer" else ""
         key = key or request.headers.get(API_KEY_METADATA, "")
         try:
-            return self.auth.tenant({API_KEY_METADATA: key} if key else {})
+            tenant = self.auth.tenant({API_KEY_METADATA: key} if key else {})
+            bind_log_fields(tenant=tenant)  # every line this call logs from here on names its tenant
+            return tenant
         except UnauthenticatedError:
             if key:
                 raise

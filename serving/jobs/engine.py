@@ -22,6 +22,7 @@ Which job to claim and run next is decided by the pure helpers at the bottom.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import heapq
 import logging
@@ -42,6 +43,8 @@ from tessera.serving.jobs.records import Checkpoint, JobRecord, JobState, JobSto
 from tessera.serving.jobs.render import AttemptControl, JobRenderer
 from tessera.serving.jobs.retry import retry_storage
 from tessera.serving.jobs.sampling import SamplingSettings
+from tessera.serving.logs import job_context, log_context
+from tessera.serving.metrics import record_job_ended, record_job_load, record_takeover
 from tessera.serving.stages import Stages
 from tessera.serving.storage import ObjectNotFoundError, ObjectStore, StorageError
 
@@ -102,6 +105,8 @@ class JobEngine:
         """Jobs another replica held when last read, and their TTL: scans HEAD these instead of reading them."""
         self._tasks: list[asyncio.Task] = []
         self.draining = False
+        self._load_priorities: set[int] = set()
+        """Priorities this replica reported waiting jobs for (tessera_queued_jobs), so each goes back to 0."""
         self.stats = {"claimed": 0, "taken_over": 0, "resumed": 0, "leases_lost": 0, "handed_over": 0, "checkpoints": 0}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -175,14 +180,20 @@ class JobEngine:
             return False
         record, etag = leased
         self.stats["claimed"] += 1
-        if takeover:
-            self.stats["taken_over"] += 1
-            logger.info("took over job %s/%s (lease %d)", record.tenant, record.job_id, record.lease.token)
+        with log_context(tessera_job_id=record.job_id, tenant=record.tenant, request_id=record.request_id):
+            if takeover:
+                self.stats["taken_over"] += 1
+                record_takeover()
+                logger.info("took over job %s/%s (lease %d)", record.tenant, record.job_id, record.lease.token)
+            else:
+                logger.info("claimed job %s/%s (lease %d, priority %d)", record.tenant, record.job_id, record.lease.token,
+                            record.priority)
         self._expiry.forget(record.job_id)
         held = HeldJob(LeasedJob(self.store, record, etag, self.jobs.storage_retry_s))
         self._held[record.job_id] = held
         held.keeper = asyncio.ensure_future(self._keep(held))
         heapq.heappush(self._waiting[self.jobs.job_class(record.priority)], (-record.priority, record.created_at, record.job_id))
+        self._publish_load()
         self._wakeup.set()
         return True
 
@@ -254,6 +265,12 @@ class JobEngine:
                         continue
                     held.running = True
                     held.task = asyncio.ensure_future(self._run(held))
+            self._publish_load()
+
+    def _publish_load(self) -> None:
+        """tessera_queued_jobs (per priority) and tessera_running_jobs of this replica, now."""
+        waiting = collections.Counter(held.record.priority for held in self._held.values() if not held.running)
+        record_job_load(waiting, sum(1 for held in self._held.values() if held.running), self._load_priorities)
 
     def _running(self, job_class: str) -> int:
         return sum(1 for held in self._held.values() if held.running and self.jobs.job_class(held.record.priority) == job_class)
@@ -261,6 +278,7 @@ class JobEngine:
     async def _keep(self, held: HeldJob) -> None:
         """Renew the lease (heartbeat), flush progress, and notice cancel requests."""
         leased = held.leased
+        job_context(leased.job_id, leased.tenant, leased.record.request_id)  # this task's log lines name the job
         while True:
             await asyncio.sleep(min(self.jobs.progress_flush_s, self.jobs.heartbeat_s))
             due = time.monotonic() - leased.last_write >= self.jobs.heartbeat_s
@@ -283,6 +301,8 @@ class JobEngine:
     async def _run(self, held: HeldJob) -> None:
         leased = held.leased
         record = leased.record
+        # This task's log lines name the job, and its stage calls carry the submit's request id.
+        job_context(record.job_id, record.tenant, record.request_id)
         try:
             if record.commit is not None:  # the previous holder decided the outputs: finish publishing
                 await self._publish_and_succeed(held)
@@ -293,6 +313,8 @@ class JobEngine:
             record.started_at = time.time()
             record.attempts += 1
             await leased.write()
+            logger.info("job %s started (attempt %d, %s, %d steps)", record.job_id, record.attempts, record.spec.mode.value,
+                        record.spec.steps)
             job_plan = plan_job(record.spec, self.model.geometry, self.tiling)
             groups = len(job_plan.step_groups(len(job_plan.noise_levels(self.model, record.spec.steps)) - 1))
             resume = await self._load_checkpoint(record)
@@ -423,8 +445,20 @@ class JobEngine:
             logger.error("job %s: could not record its end (%s): %s", record.job_id, state.value, error.message)
             self._drop(held)
             return
+        self._record_end(record)
         self._drop(held)
         await self._clean_up(record, final_too=state != JobState.SUCCEEDED)
+
+    @staticmethod
+    def _record_end(record: JobRecord) -> None:
+        """The metrics and the log line of a job whose end this replica recorded (once per job)."""
+        timings = record.timings
+        stages = {"queued": timings.queued_s, "expand": timings.expand_s, "denoise": timings.denoise_s,
+                  "decode": timings.decode_s, "finalize": timings.finalize_s, "total": timings.total_s}
+        succeeded = record.state == JobState.SUCCEEDED
+        record_job_ended(record.state.value.lower(), record.spec.mode.value, record.tenant,
+                         video_seconds=record.spec.duration_s if succeeded else 0.0, stage_seconds=stages if succeeded else None)
+        logger.info("job %s ended as %s", record.job_id, record.state.value)
 
     async def _clean_up(self, record: JobRecord, final_too: bool) -> None:
         """Staging, checkpoints and inputs of an ended job; its final prefix too unless it succeeded."""
@@ -478,6 +512,7 @@ class JobEngine:
         self._held.pop(held.record.job_id, None)
         if held.keeper and held.keeper is not asyncio.current_task():
             held.keeper.cancel()
+        self._publish_load()
         self._wakeup.set()
 
 

@@ -147,6 +147,8 @@ class JobRecord(_Record):
     commit: Commit | None = Field(None, description="Outputs decided and being copied to their final keys.")
     takeovers: int = Field(0, description="Times another replica took the job over from a holder that stopped renewing.")
     resumed_from_groups: int = Field(0, description="Step groups the latest attempt did not redo (from a checkpoint).")
+    request_id: str = Field("", description="Serve's request id of the call that submitted the job: every log line of "
+                            "the job carries it (serving/logs.py).")
 
 
 def new_job_id(now: float | None = None) -> str:

@@ -31,6 +31,7 @@ from tessera.serving.jobs.outputs import (
 )
 from tessera.serving.jobs.records import Commit, JobRecord, Progress, Stage, Timings
 from tessera.serving.jobs.sampling import Sampler, SamplingHooks, SamplingSettings, gather_or_cancel
+from tessera.serving.metrics import StepMeter
 from tessera.serving.stages import Stages
 from tessera.serving.storage import ObjectStore
 
@@ -80,8 +81,12 @@ class JobRenderer:
 
         t0 = time.monotonic()
         total = len(job_plan.noise_levels(self.model, spec.steps)) - 1
+        # Steps a checkpoint already holds are not done again, so they are not counted again.
+        groups_done = control.resume[0] if control.resume else 0
+        steps = StepMeter(job_plan.step_groups(total)[groups_done - 1][1] if groups_done else 0)
 
         def on_step(step: int) -> None:
+            steps.update(step)
             control.report(Progress(stage=Stage.DENOISING, step=step, total_steps=total, total_segments=tiles,
                                     fraction=EXPAND_SHARE + DENOISE_SHARE * step / total))
 

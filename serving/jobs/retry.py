@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tessera.serving.errors import UnavailableError
+from tessera.serving.metrics import record_s3_retry
 from tessera.serving.storage import StorageAuthError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ async def retry_storage(call: Callable[..., T], *args, budget_s: float, what: st
                     f"object storage stayed unreachable for more than {budget_s:g} s while {what}: {error}"[:500]
                 ) from None
             logger.warning("storage unavailable while %s; retrying (%.0f s left): %s", what, left, error)
+            record_s3_retry(getattr(call, "__name__", "call"), "outage")
             await asyncio.sleep(min(backoff, left))
             backoff = min(backoff * 2, 2.0)
         except StorageAuthError as error:

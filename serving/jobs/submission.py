@@ -26,6 +26,8 @@ from tessera.serving.jobs.quotas import QuotaExceededError, QuotaGuard, video_ms
 from tessera.serving.jobs.records import PREFIX, JobRecord, JobState, JobStore, Progress, Stage, new_job_id
 from tessera.serving.jobs.spec import GenerationRequest
 from tessera.serving.jobs.validation import check_request, resolve_request
+from tessera.serving.logs import JOB_FIELD, current_request_id
+from tessera.serving.metrics import record_job_ended, record_job_submitted
 from tessera.serving.storage import ConditionFailedError, ObjectStore, StorageError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ class JobFront:
         now = time.time()
         record = JobRecord(
             job_id=new_job_id(now), tenant=tenant, request=request.without_data(), spec=spec, created_at=now,
-            updated_at=now, model=self.model_name, priority=spec.priority,
+            updated_at=now, model=self.model_name, priority=spec.priority, request_id=current_request_id(),
         )
         if quota_limited:
             await asyncio.to_thread(self.quotas.precheck_seconds, tenant, video_ms(record))
@@ -119,6 +121,9 @@ class JobFront:
                 f"every job runner is full of {job_class} jobs (priority {record.priority}); retry later",
                 retry_after_ms=self.config.jobs.retry_pushback_ms,
             )
+        record_job_submitted(spec.mode.value, tenant)
+        logger.info("job %s submitted (%s, %g s, priority %d)", record.job_id, spec.mode.value, spec.duration_s, spec.priority,
+                    extra={JOB_FIELD: record.job_id})
         return record
 
     async def _create(self, record: JobRecord) -> tuple[str, str]:
@@ -283,7 +288,9 @@ class JobFront:
                 await asyncio.to_thread(self.store.write, record, etag)
             except ConditionFailedError:
                 continue  # the record moved on (a heartbeat, a claim): look again
-            if record.state == JobState.CANCELLED:
+            if record.state == JobState.CANCELLED:  # ended here: nobody held it, so no JobRunner records its end
+                record_job_ended("cancelled", record.spec.mode.value, tenant)
+                logger.info("job %s ended as CANCELLED (nobody held it)", job_id, extra={JOB_FIELD: job_id})
                 if record.spec.inputs:
                     await asyncio.to_thread(delete_inputs, self.objects, tenant, job_id)
                 return record

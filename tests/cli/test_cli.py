@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,15 @@ def test_up_generate_jobs_down(tmp_path):
     home = tmp_path / "home"
     grpc_port = free_port()
     http_port = free_port(avoid={grpc_port})
-    up = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(free_port(avoid={grpc_port, http_port})),
-                 "--http-port", str(http_port))
+    metrics_port = free_port(avoid={grpc_port, http_port})
+    up = tessera(home, "up", "--grpc-port", str(grpc_port), "--s3-port", str(free_port(avoid={grpc_port, http_port, metrics_port})),
+                 "--http-port", str(http_port), "--metrics-port", str(metrics_port))
     state = json.loads((home / "stack.json").read_text())
     try:
         assert f"gRPC:      127.0.0.1:{grpc_port}" in up.stdout
         assert f"HTTP:      http://127.0.0.1:{http_port}/v1" in up.stdout
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert f"metrics:   {metrics_url}" in up.stdout
         again = tessera(home, "up").stdout
         assert "already running" in again
 
@@ -67,7 +71,7 @@ def test_up_generate_jobs_down(tmp_path):
 
         # Every port it opened is printed, each on loopback.
         assert "listening: every port on loopback only" in up.stdout
-        for port, role in ((grpc_port, "gRPC API"), (http_port, "HTTP API")):
+        for port, role in ((grpc_port, "gRPC API"), (http_port, "HTTP API"), (metrics_port, "Prometheus metrics")):
             assert re.search(rf"127\.0\.0\.1:{port} +loopback +{role}", up.stdout), up.stdout
         assert "raylet" in up.stdout and "gcs_server" in up.stdout and "not loopback" not in up.stdout
 
@@ -75,6 +79,11 @@ def test_up_generate_jobs_down(tmp_path):
         assert status["running"] and status["healthy"] and status["grpc"] == f"127.0.0.1:{grpc_port}"
         assert status["http"] == f"http://127.0.0.1:{http_port}/v1"
         assert status["health"] == "SERVING" and status["auth"] == "stack-key" and "not_on_loopback" not in status
+        # `status` names the scrape endpoint, and it answers in Prometheus' text format (Ray's own metrics at least).
+        assert status["metrics"] == metrics_url and f"metrics: {metrics_url}" in tessera(home, "status").stdout
+        with urllib.request.urlopen(metrics_url, timeout=10) as scrape:
+            assert scrape.status == 200 and b"# TYPE ray_" in scrape.read()
+        assert (Path(status["logs"]) / "serve").is_dir()
 
         out = tmp_path / "clip.mp4"
         generated = tessera(home, "generate", "a green circle moving down", "--duration", "1.5", "--width", "80",

@@ -33,6 +33,8 @@ STACK_CONFIG = {
         # small, so that test_overload can fill every job runner: 2 replicas x (2 running + 4 waiting)
         "max_running_jobs": 2, "max_queued_jobs": 4,
     },
+    # Metrics reach the scrape endpoint within about a second (the default is 5 s), replica counts too.
+    "metrics": {"report_interval_s": 1.0, "replicas_poll_s": 1.0},
     # Several gateways and job runners, as in production: any of them may answer or run any job.
     "deployments": {
         "gateway": {"num_cpus": 0.05, "num_replicas": 2, "max_ongoing_requests": 256, "max_queued_requests": 64},
@@ -69,13 +71,20 @@ class Stack:
         """The OpenAI-compatible API: ``OpenAI(base_url=stack.http_base_url, api_key=...)``."""
         return http_base_url(self.config)
 
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus scrape endpoint (Ray's metrics agent)."""
+        return self.runner.metrics_url
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     grpc_port = free_port()
     http_port = free_port(avoid={grpc_port})
-    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=grpc_port, s3_port=free_port(avoid={grpc_port, http_port}),
-                         num_cpus=2, config=STACK_CONFIG, http_port=http_port)
+    metrics_port = free_port(avoid={grpc_port, http_port})
+    runner = StackRunner(tmp_path_factory.mktemp("stack"), grpc_port=grpc_port,
+                         s3_port=free_port(avoid={grpc_port, http_port, metrics_port}),
+                         num_cpus=2, config=STACK_CONFIG, http_port=http_port, metrics_port=metrics_port)
     try:
         config = runner.start()
         client = TesseraClient(f"127.0.0.1:{config.grpc.port}", home=runner.home)  # finds home/api_key, as a user's would
