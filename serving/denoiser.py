@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Hashable
 
@@ -35,6 +36,7 @@ from tessera.models.config import ModelConfig
 from tessera.models.interface import DenoiseWork, StepResult
 from tessera.models.registry import load_model
 from tessera.serving.config import StepBatchingConfig
+from tessera.serving.metrics import record_denoiser_batch, record_denoiser_queue
 from tessera.serving.stages import DenoiseUpdate, ModelThread, StepWork, TextCache
 from tessera.serving.step_scheduling import BatchPolicy, PendingStep, WaitUntil, next_batch
 
@@ -97,6 +99,10 @@ class StepBatcher:
         self.forwards: collections.deque[Forward] = collections.deque(maxlen=history)
         self.forwards_run = 0
         self.steps_run = 0
+        card = model.card
+        self._model_name = f"{card.family}/{card.name}"
+        self._patch_cells = math.prod(card.geometry.patch_size)
+        self._queue_priorities: set[str] = set()
 
     @property
     def pending(self) -> int:
@@ -169,6 +175,7 @@ class StepBatcher:
                     pass
                 continue
             windows = [self._pending.pop(step_id)[1] for step_id in decision.ids]
+            record_denoiser_queue(self._model_name, self.pending_by_priority(), self._queue_priorities)
             await self._forward(windows)
 
     async def _forward(self, windows: list[_Window]) -> None:
@@ -183,13 +190,16 @@ class StepBatcher:
             for window in windows:
                 await self._forward([window])
             return
+        seconds = time.monotonic() - started
         self.steps_run += len(windows)
         self.forwards_run += 1
         self.forwards.append(Forward(
             size=len(windows), jobs=len({window.text_key for window in windows}),
-            priorities=tuple(window.priority for window in windows), seconds=time.monotonic() - started,
-            started_at=started_at,
+            priorities=tuple(window.priority for window in windows), seconds=seconds, started_at=started_at,
         ))
+        tokens = sum(math.prod(window.latents.shape[1:]) // self._patch_cells for window in windows)
+        record_denoiser_batch(self._model_name, len(windows), tokens, seconds,
+                              collections.Counter(window.priority for window in windows))
         for window, output in zip(windows, outputs, strict=True):
             if window not in self._windows:  # its caller went away during the forward
                 continue
