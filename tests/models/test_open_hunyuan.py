@@ -8,6 +8,7 @@ Faithfulness tolerance: ``FAITHFUL`` = 1e-5 absolute on the latents and 1 uint8 
 frames; measured here: see the assertions' messages (0 on this machine: the stages run the
 pipeline's components in its order with its arguments). The prompt quotes a word, so ByT5's glyph
 branch (TextConditioning.extra["byt5"]) is not empty; the negative prompt has none (all masked).
+A whole job through every stage in process (LocalTessera) gives the MP4 of the pipeline's frames.
 """
 
 from __future__ import annotations
@@ -154,3 +155,40 @@ def test_the_gateway_reads_the_card_without_weights(folder, monkeypatch):
     monkeypatch.setattr(common, "load_component", lambda *a, **k: pytest.fail("loaded a component"))
     model = load_model(config(folder, version="pinned"), parts=())
     assert model.card.version == "pinned" and model.pipe is None
+
+
+def test_a_job_through_every_stage_gives_the_pipelines_mp4(s3_server, folder, pipe):
+    """A whole job in process (LocalTessera: text on its own, the step batcher, decode tiles,
+    H.264, S3): the MP4 decodes to the pipeline's frames from the job's noise, encoded the same
+    way (tolerance 1 level; measured 0)."""
+    import asyncio
+
+    from tessera.models.interface import frame_noise
+    from tessera.serving.config import TesseraConfig
+    from tessera.serving.jobs.spec import GenerationRequest
+    from tessera.serving.local import LocalTessera
+    from tessera.serving.media import decode_media
+    from tessera.serving.video import encode_mp4
+    from tests.conftest import storage_config_for
+
+    settings = TesseraConfig(storage=storage_config_for(s3_server), model=config(folder, torch_threads=2))
+    request = GenerationRequest(prompt=PROMPT, num_frames=FRAMES, width=WIDTH, height=HEIGHT, steps=STEPS, seed=3,
+                                skip_prompt_expansion=True)
+
+    async def run():
+        local = LocalTessera(settings)
+        await local.start()
+        try:
+            return await local.render(request)
+        finally:
+            await local.stop()
+
+    record, _ = asyncio.run(run())
+    assert record.model.startswith("hunyuanvideo15/tiny-hunyuanvideo-1.5@")
+    got = decode_media(LocalTessera(settings).store.get_bytes(record.video_key))
+    noise = frame_noise(3, 0, LATENT_SHAPE[1], (LATENT_SHAPE[0], *LATENT_SHAPE[2:]))[None]
+    video = pipe(prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS,
+                 latents=noise, output_type="np").frames[0]
+    expected = decode_media(encode_mp4(np.round(video * 255).astype(np.uint8), 24.0, settings.video))
+    assert got.shape == expected.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
