@@ -110,7 +110,7 @@ def test_submit_get_watch_list(stack):
     assert len(newest.jobs) == 1 and bool(newest.next_page_token) == (len(jobs) > 1), "a next page exactly when there is one"
     ids = [j.job_id for j in jobs]
     assert submitted.job_id in ids and len(ids) == len(set(ids))
-    created = [j.created_at.ToNanoseconds() for j in jobs]
+    created = [j.created_at.ToMilliseconds() for j in jobs]  # ids order by the millisecond (records.new_job_id)
     assert created == sorted(created, reverse=True), "newest first"
     succeeded = stack.client.list(page_size=100, state=pb.SUCCEEDED).jobs
     assert all(j.state == pb.SUCCEEDED for j in succeeded) and submitted.job_id in [j.job_id for j in succeeded]
