@@ -36,6 +36,7 @@ from tessera.models.config import ModelConfig
 from tessera.models.interface import DenoiseWork, StepResult
 from tessera.models.registry import load_model
 from tessera.serving.config import StepBatchingConfig
+from tessera.serving.logs import configure_replica_logging
 from tessera.serving.metrics import record_denoiser_batch, record_denoiser_queue
 from tessera.serving.stages import DenoiseUpdate, ModelThread, StepWork, TextCache
 from tessera.serving.step_scheduling import BatchPolicy, PendingStep, WaitUntil, next_batch
@@ -284,6 +285,7 @@ class Denoiser:
 
     def __init__(self, model_config: ModelConfig, threads: int | None = None,
                  batching: StepBatchingConfig = StepBatchingConfig(), interactive_min_priority: int = 0):
+        configure_replica_logging()
         self.engine = DenoiserEngine(model_config, threads, batching, interactive_min_priority)
         self.interactive_min_priority = interactive_min_priority
 
