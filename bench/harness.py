@@ -34,6 +34,17 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
+def git_source() -> dict:
+    """The commit a bench ran on, and the tracked files that differed from it then."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent).stdout
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip(), "subject": git("log", "-1", "--format=%s").strip(), "dirty_files": dirty}
+
+
 def write_results(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

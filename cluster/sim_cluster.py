@@ -63,7 +63,9 @@ def sim_document(
     **sections: Any,
 ) -> dict:
     """A Tessera config document for a SimCluster: the sim model, the CPU stages on the head with
-    small CPU reservations, the Denoiser and Decoder on GPUs (1 each, no CPU), jobs admitted
+    small CPU reservations, the Denoiser and Decoder on GPUs (1 each, no CPU), the Denoiser's calls
+    routed to the least loaded replica (serving/routing.py; Serve's default router piles a step
+    group's calls on few replicas: bench/results/sim_scaling_power_of_two.json), jobs admitted
     generously. ``denoiser``/``decoder`` update those deployments' entries (e.g.
     ``{"num_replicas": 16}`` or ``{"num_replicas": None, "autoscaling": {...}}``); other keyword
     arguments are whole sections merged one level deep (``jobs={...}``, ``batching={...}``)."""
@@ -77,7 +79,8 @@ def sim_document(
             "job_runner": {"num_cpus": 0.05, "num_replicas": 1, "max_ongoing_requests": 256},
             "prompt_expander": {"num_cpus": 0.05, "max_ongoing_requests": 64, "torch_threads": 1},
             "denoiser": {"num_cpus": 0, "num_gpus": 1, "num_replicas": 1, "max_ongoing_requests": 256,
-                         "max_queued_requests": 4096, "torch_threads": 1, **(denoiser or {})},
+                         "max_queued_requests": 4096, "torch_threads": 1, "request_router": "least_loaded",
+                         **(denoiser or {})},
             "decoder": {"num_cpus": 0, "num_gpus": 1, "num_replicas": 1, "max_ongoing_requests": 8,
                         "max_queued_requests": 1024, "torch_threads": 1, **(decoder or {})},
         },
@@ -330,17 +333,20 @@ class SimCluster:
 
         return serve.get_deployment_handle(deployment, app_name=self.config.app_name)
 
-    def denoiser_stats(self, calls_per_replica: int = 8) -> dict[str, dict]:
-        """``Denoiser.batch_stats()`` of every replica that answered, by replica id. A handle call
-        reaches one replica of Serve's choosing, so this sends ``calls_per_replica`` x replicas
-        calls at once and keeps one answer per replica (the idle replicas' choice is random)."""
-        running = max(1, self.running_replicas("Denoiser"))
+    def denoiser_stats(self, calls_per_replica: int = 4, rounds: int = 6) -> dict[str, dict]:
+        """``Denoiser.batch_stats()`` of every running replica, by replica id. A handle call reaches
+        one replica of Serve's choosing, so this sends ``calls_per_replica`` x replicas calls at
+        once, keeps one answer per replica, and sends more (up to ``rounds`` times) until every
+        running replica has answered (idle replicas are chosen at random)."""
         handle = self.handle("Denoiser")
-        responses = [handle.batch_stats.remote() for _ in range(calls_per_replica * running)]
         out: dict[str, dict] = {}
-        for response in responses:
-            stats = response.result(timeout_s=60)
-            out.setdefault(stats.get("replica", "?"), stats)
+        for _ in range(rounds):
+            running = max(1, self.running_replicas("Denoiser"))
+            for response in [handle.batch_stats.remote() for _ in range(calls_per_replica * running)]:
+                stats = response.result(timeout_s=60)
+                out.setdefault(stats.get("replica", "?"), stats)
+            if len(out) >= running:
+                break
         return out
 
     # -- the network ---------------------------------------------------------------------------

@@ -111,6 +111,12 @@ class DeploymentConfig(_Strict):
         30.0, ge=0, description="How long Serve lets a stopping replica finish (scale-down, redeploy) before killing it; "
         "a JobRunner replica hands its jobs over within it."
     )
+    request_router: Literal["power_of_two", "least_loaded"] = Field(
+        "power_of_two", description="How callers pick a replica for each call. 'power_of_two': Serve's default (the "
+        "less loaded of two random replicas, by their queue lengths). 'least_loaded': the replica with the fewest calls "
+        "this caller has in flight to it, counted when chosen (serving/routing.py), so a step group's calls sent at "
+        "once spread one per replica."
+    )
 
     @model_validator(mode="after")
     def _replicas_or_autoscaling(self) -> DeploymentConfig:
@@ -139,6 +145,8 @@ class DeploymentConfig(_Strict):
             "max_queued_requests": self.max_queued_requests,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
+        if self.request_router == "least_loaded":
+            options["request_router_config"] = {"request_router_class": "tessera.serving.routing:LeastLoadedRouter"}
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.serve_options()
         else:
