@@ -17,6 +17,10 @@ Sets (25 Euler steps, default guidance, 8 fps, 29 frames = one native window unl
 * frame-mask conditioning (first frame given; last frame given): PSNR of the kept frame after
   decoding and whether the object keeps moving the prompted way;
 * other sizes (32 to 256 px) that are served but were not trained;
+* the README's demo prompt ("a red circle moving to the right", 2 s, 64x64) for 10 seeds;
+* 20-second videos time-tiled by the serving layer (``LocalTessera``: planner, windows fused
+  at every step, decode tiles, H.264, the embedded S3 server): the direction inside every
+  window and the centroid jump at every window seam against the video's in-window jumps;
 * VAE reconstructions; load + sample timing of a 2-second clip.
 """
 
@@ -105,6 +109,86 @@ def conditioning_set(model, rng, count: int, steps: int, guidance: float, positi
         scores.append(score_clip(video.numpy(), expected=spec.attributes(), true_speed=spec.speed_px_per_frame, group=split))
     return {"given": position, "kept_frame_psnr_db_mean": float(np.mean(kept_psnr)),
             "kept_frame_psnr_db_min": float(np.min(kept_psnr)), **summarize(scores)}
+
+
+def demo_prompt_set(model, seeds: int, steps: int, guidance: float) -> dict:
+    """The README's demo exactly as ``scripts/run.sh`` renders it (2 s at 8 fps, 64x64), seeds 0..N-1."""
+    spec_motion = {"colour": "red", "shape": "circle", "motion": "right"}
+    scores = []
+    for seed in range(seeds):
+        video = generate_video(model, "a red circle moving to the right", width=64, height=64, num_frames=17, fps=8.0,
+                               seed=seed, steps=steps, guidance_scale=guidance)
+        scores.append(score_clip(video.numpy(), expected=spec_motion, group="demo"))
+    return {"prompt": "a red circle moving to the right", "seeds": seeds,
+            "directions": [s.direction for s in scores], **summarize(scores)}
+
+
+def long_tiled_set(weights: Path | None, count: int, seconds: float, steps: int) -> dict:
+    """Videos of ``seconds`` time-tiled by the serving layer in this process (LocalTessera with the
+    embedded S3 server); per video: the direction inside each denoising window (frames of the
+    window's own latent range), and the worst centroid jump at a window seam over the video's
+    median in-window jump (bar: <= 1.3)."""
+    import asyncio
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import embedded_store
+
+    from tessera.models.interface import TimeGrid
+    from tessera.models.shapes.evaluate import seam_jumps, track_object
+    from tessera.serving.config import TesseraConfig
+    from tessera.serving.jobs.spec import GenerationRequest
+    from tessera.serving.local import LocalTessera
+    from tessera.serving.video import decode_frames
+
+    colours = ("red", "green", "blue", "yellow", "magenta", "cyan")
+    requests = [GenerationRequest(prompt=f"a {colours[i % 6]} {('circle', 'square')[i % 2]} moving {DIRECTIONS[i % 4]}",
+                                  duration_s=seconds, width=64, height=64, fps=8, steps=steps, seed=500 + i)
+                for i in range(count)]
+    model = {"family": "native"} if weights is None else {"family": "native", "weights_dir": str(weights)}
+
+    async def render_all(storage: dict) -> list[tuple[GenerationRequest, np.ndarray, dict]]:
+        local = LocalTessera(TesseraConfig.model_validate({"model": model, "storage": storage}))
+        await local.start()
+        try:
+            out = []
+            for request in requests:
+                record, _ = await local.render(request)
+                if record.state != "SUCCEEDED":
+                    raise RuntimeError(f"{request.prompt}: {record.state} {record.error}")
+                manifest = json.loads(local.store.get_bytes(record.manifest_key))
+                out.append((request, decode_frames(local.store.get_bytes(record.video_key)), manifest["plan"]))
+            return out
+        finally:
+            await local.stop()
+
+    with tempfile.TemporaryDirectory() as tmp, embedded_store(Path(tmp)) as storage:
+        rendered = asyncio.run(render_all(storage))
+    grid = TimeGrid(4)
+    videos = []
+    for request, frames, plan in rendered:
+        motion = request.prompt.split()[-1]
+        windows = []
+        for start, stop in plan["windows"]:
+            first, last = grid.pixel_start(start), min(grid.pixel_start(stop), frames.shape[0])
+            windows.append(score_clip(frames[first:last], expected={"motion": motion}).direction)
+        seams = seam_jumps(frames, plan["seam_frame_pairs"])
+        jumps = track_object(frames).jumps()
+        inside = np.delete(jumps, [i for i in plan["seam_frame_pairs"] if i < len(jumps)])
+        inside_median = float(np.nanmedian(inside)) if np.isfinite(inside).any() else float("nan")
+        worst = float(seams["seam_max"] / inside_median) if inside_median > 0 else float("nan")
+        videos.append({"prompt": request.prompt, "seed": request.seed, "frames": int(frames.shape[0]),
+                       "windows": len(windows), "window_directions": windows,
+                       "every_window_right": all(d == motion for d in windows),
+                       "seam_mean_over_inside_mean": seams["ratio"], "worst_seam_over_inside_median": worst,
+                       "video_direction": score_clip(frames, expected={"motion": motion}).direction})
+    window_hits = [d == v["prompt"].split()[-1] for v in videos for d in v["window_directions"]]
+    return {"seconds": seconds, "videos": videos,
+            "videos_every_window_right": float(np.mean([v["every_window_right"] for v in videos])),
+            "window_direction_accuracy": float(np.mean(window_hits)),
+            "videos_worst_seam_within_1_3": float(np.mean([v["worst_seam_over_inside_median"] <= 1.3 for v in videos])),
+            "median_worst_seam_ratio": float(np.nanmedian([v["worst_seam_over_inside_median"] for v in videos])),
+            "pooled_seam_ratio_median": float(np.nanmedian([v["seam_mean_over_inside_mean"] for v in videos]))}
 
 
 def vae_reconstruction(model, rng, count: int) -> dict:
@@ -202,6 +286,10 @@ def evaluate(weights: Path | None, *, quick: bool, steps: int, seed: int) -> dic
     }
     results["long_window_16_latent_frames"] = summarize(run_set(model, specs_for(rng, 8 // min(scale, 2), split="train", width=64, height=64, frames=61),
                                                                  group="long", prompt_fn=full_prompt(seed), steps=steps, guidance=guidance))
+    results["demo_prompt"] = demo_prompt_set(model, 10, steps, guidance)
+    print("demo", results["demo_prompt"]["directions"], flush=True)
+    results["long_tiled_20s"] = long_tiled_set(weights, 8 // scale if quick else 8, 20.0, steps)
+    print("long", json.dumps({k: v for k, v in results["long_tiled_20s"].items() if k != "videos"}), flush=True)
     results["vae_reconstruction"] = vae_reconstruction(model, rng, 48 // scale)
     results["eval_seconds"] = round(time.monotonic() - started, 1)
     results["timing"] = timing(weights)
@@ -224,7 +312,38 @@ def _row(name: str, s: dict) -> str:
 
 
 def quality_bars(results: dict) -> list[tuple[str, str, bool]]:
-    """The issue's bars for the shipped checkpoint: (bar, measured, met)."""
+    """The bars of the tiny model v2 (issue "tiny model v2"): (bar, measured, met)."""
+    seen, held = results["main"]["trained_sizes_seen"], results["main"]["trained_sizes_heldout"]
+    first = results["condition_first_frame"]
+    demo, long = results.get("demo_prompt"), results.get("long_tiled_20s")
+    gap = abs(seen["direction_accuracy"] - held["direction_accuracy"])
+    stillness = max(seen.get("stillness") or 0.0, held.get("stillness") or 0.0)
+    group = max(seen.get("mean_group_jump_ratio") or float("inf"), held.get("mean_group_jump_ratio") or float("inf"))
+    bars = [
+        ("colour >= 95% (seen and held-out)", f"{_pct(seen['colour_accuracy'])} / {_pct(held['colour_accuracy'])}",
+         min(seen["colour_accuracy"], held["colour_accuracy"]) >= 0.95),
+        ("direction (4-way) >= 90% seen", _pct(seen["direction_accuracy"]), seen["direction_accuracy"] >= 0.9),
+        ("held-out direction within 10 points of seen", f"{_pct(held['direction_accuracy'])} ({100 * gap:.0f} points)", gap <= 0.10),
+        ("still frame pairs <= 10% for moving prompts", _pct(stillness), stillness <= 0.10),
+        ("latent-group boundary/inside jump ratio <= 1.3 (generated)", _ratio(group), group <= 1.3),
+        ("first frame given: kept at >= 28 dB", f"{first['kept_frame_psnr_db_mean']:.1f} dB", first["kept_frame_psnr_db_mean"] >= 28),
+        ("first frame given: moves the prompted way >= 85%", _pct(first["direction_accuracy"]), first["direction_accuracy"] >= 0.85),
+    ]
+    if long is not None:
+        bars += [
+            ("20 s tiled video: direction right in every window", f"{_pct(long['videos_every_window_right'])} of videos "
+             f"({_pct(long['window_direction_accuracy'])} of windows)", long["videos_every_window_right"] >= 1.0),
+            ("20 s tiled video: no seam jump above 1.3x the in-window jumps", f"{_pct(long['videos_worst_seam_within_1_3'])} of "
+             f"videos (median worst {long['median_worst_seam_ratio']:.2f}x)", long["videos_worst_seam_within_1_3"] >= 1.0),
+        ]
+    if demo is not None:
+        bars.append(("the README's demo prompt moves right for 10 of 10 seeds",
+                     f"{sum(d == 'right' for d in demo['directions'])} of {demo['seeds']}", all(d == "right" for d in demo["directions"])))
+    return bars
+
+
+def quality_bars_v1(results: dict) -> list[tuple[str, str, bool]]:
+    """The first round's bars (kept to compare checkpoints): (bar, measured, met)."""
     seen, held = results["main"]["trained_sizes_seen"], results["main"]["trained_sizes_heldout"]
     first = results["condition_first_frame"]
     ratio = seen["mean_jump_ratio"]
@@ -262,6 +381,10 @@ def write_model_card(folder: Path, results: dict) -> None:
     rows += [_row(f"size {k}", v) for k, v in results["other_sizes"].items()]
     first, last, vae = results["condition_first_frame"], results["condition_last_frame"], results["vae_reconstruction"]
     t = results["timing"]
+    # What the figures mean for this checkpoint (how it fails, what was tried) is written by
+    # whoever trained it, next to the weights; the card generator only places it.
+    notes_file = folder / "CARD_NOTES.md"
+    notes = notes_file.read_text() if notes_file.exists() else ""
     card = f"""# Tessera native `tiny` (shapes world)
 
 Version (sha256 of the weights, short): `{results['model']['version']}`
@@ -314,30 +437,7 @@ Timing (2 CPU threads, fresh process): import {t['import_s']} s, load {t['load_s
 |---|---|---|
 {chr(10).join(f"| {bar} | {value} | {'yes' if met else '**no**'} |" for bar, value, met in quality_bars(results))}
 
-The checkpoint learned colour, object and speed, and keeps given frames, but not the direction
-of motion. What it does instead, traced frame by frame: it keeps the object on the right axis
-(a row for left/right, a column for up/down: the other coordinate mostly stays put) but
-places it along that axis almost independently at each latent frame (4-frame group), so the
-path wanders back and forth; the same seed with "left" and with
-"right" gives nearly the same path, so the prompt's direction word does not steer the sign.
-With the first frame given it does no better (see above), so it is the frame-to-frame
-dynamics, not the start, that is missing; denoising from a partly noised real clip
-(sigma <= 0.8) does keep the right direction. The direction accuracy during training stayed at
-or below chance (0-31% of 16 clips) in every eval from step 1000 to 8500, so more of the same CPU
-training is unlikely to fix it; the next run belongs on a GPU (`train_dit --device cuda
---resume`, larger batches, and a check of longer windows and of a temporal-only attention
-probe).
-
-Where it breaks, measured by `bench/direction_probe.py` (results in
-`bench/results/direction_probe.json`): on 48 real clips, the flow-matching loss is lower with
-the true caption than with the opposite direction for 90% of clips at sigma 0.2 to 0.6, 71% at
-0.8, 62% at 0.9 and 50% (no preference) at 0.95 and above. So the DiT knows the direction once
-the object's path is visible through the noise, but not at the high noise levels where sampling
-decides that path. No sampler setting recovers it (40 clips each, 25 to 33%: guidance 7 and 12,
-shift 1 and 6, 50 Euler steps, Heun; in a one-off check outside the bench, re-noising a
-finished sample to sigma 0.7 or 0.85 and denoising it again, twice, gave 30% and 18%). The fix
-is in training: more high-noise updates than 2 CPU cores can give.
-
+{notes}
 ## Limits
 Sizes 32 to 256 px per side in multiples of 16 are served; the trained sizes work best. fps 6 to 12.
 Windows of any length run; the native window is {config['native_window']} latent frames

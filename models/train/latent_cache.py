@@ -94,33 +94,39 @@ class LatentBucket:
     latents: torch.Tensor  # (N, C, T, h, w) float16, normalised
     fps: torch.Tensor  # (N,) float32
     attributes: list[tuple[str, ...]]
+    entering: torch.Tensor | None = None
+    """(N,) bool: the clip's object starts on the side opposite its motion (``start_policy
+    "entering"``); None in caches built before start policies existed (all uniform)."""
 
 
 @torch.no_grad()
 def build_latent_buckets(
-    vae: VideoVAE, seed: int, clips: int, latent_frames: int, batch_size: int = 16, log=print
+    vae: VideoVAE, seed: int, clips: int, latent_frames: int, batch_size: int = 16, log=print, entering_share: float = 0.0
 ) -> list[LatentBucket]:
-    """Render ``clips`` training-split clips spread over the training sizes and encode them."""
+    """Render ``clips`` training-split clips spread over the training sizes and encode them;
+    ``entering_share`` of them start with the object on the side opposite its motion."""
     geometry_frames = TimeGrid(vae.config.temporal_factor).pixel_frames(latent_frames)
     buckets = []
     per_bucket = [clips // len(TRAIN_SIZES)] * len(TRAIN_SIZES)
     started = time.monotonic()
     for bucket_index, (width, height) in enumerate(TRAIN_SIZES):
         rng = np.random.default_rng([seed, 21, bucket_index])
-        latents, fps_values, attributes = [], [], []
+        latents, fps_values, attributes, entering = [], [], [], []
         for start in range(0, per_bucket[bucket_index], batch_size):
             count = min(batch_size, per_bucket[bucket_index] - start)
+            policies = ["entering" if rng.random() < entering_share else "uniform" for _ in range(count)]
             specs = [
                 sample_spec(rng, split="train", width=width, height=height, num_frames=geometry_frames,
-                            fps=float(TRAIN_FPS[int(rng.integers(len(TRAIN_FPS)))]))
-                for _ in range(count)
+                            fps=float(TRAIN_FPS[int(rng.integers(len(TRAIN_FPS)))]), start_policy=policy)
+                for policy in policies
             ]
+            entering += [policy == "entering" for policy in policies]
             pixels = np.stack([render(spec) for spec in specs]).astype(np.float32) / 127.5 - 1.0
             x = torch.from_numpy(pixels).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
             latents.append(vae.encode(x).half())
             fps_values += [spec.fps for spec in specs]
             attributes += [attribute_key(spec.attributes()) for spec in specs]
-        bucket = LatentBucket(width, height, torch.cat(latents), torch.tensor(fps_values), attributes)
+        bucket = LatentBucket(width, height, torch.cat(latents), torch.tensor(fps_values), attributes, torch.tensor(entering))
         log(f"cached {len(attributes)} clips at {width}x{height}: latents {tuple(bucket.latents.shape)} "
             f"({time.monotonic() - started:.0f} s)")
         buckets.append(bucket)

@@ -11,6 +11,11 @@ caption per clip (10% empty, for classifier-free guidance) and a random frame ma
 first, last, first+last, prefix, suffix). Loss: flow-matching velocity MSE on the frames that
 are not given, noise levels from a logit-normal. Every batch is a pure function of
 (seed, step), so ``--resume`` continues exactly.
+
+``--entering-share`` of the cached clips start with the object on the side opposite its motion
+(``world.sample_spec(start_policy="entering")``): the v2 recipe's answer to direction (see
+``README_v2.md``). Every ``--eval-every`` steps the run exports, generates ``--eval-clips``
+clips and runs the direction probe (``direction_probe``), the cheap early signal.
 """
 
 from __future__ import annotations
@@ -107,6 +112,55 @@ def make_batch(rng: np.random.Generator, buckets, bank, batch_scale: float = 1.0
     return x0, tokens, token_mask, bucket.fps[clips].float(), mask
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def direction_probe(dit: DiT, buckets, bank, seed: int, clips: int = 48, sigma_range=(0.9, 0.99), entering: bool = True,
+                    length: int = 8) -> dict[str, float]:
+    """Does the caption's direction word lower the loss? For cached 64x64 clips (windows from the
+    first latent frame), the flow loss with the clip's own caption against the same caption
+    with the opposite direction word, at the same noise and noise level: the share of clips
+    where the true caption wins (0.5 = the model ignores direction) and the mean relative gap.
+    At high noise this can beat 0.5 only when clips' first frames differ by direction
+    (``entering`` starts); ``entering=False`` and middle noise probe the frame-to-frame relation."""
+    bucket = buckets[0]
+    rng = np.random.default_rng([seed, 7, int(entering)])
+    from tessera.models.train.latent_cache import ATTRIBUTE_KEYS
+
+    motion_index = ATTRIBUTE_KEYS.index("motion")
+    flags = bucket.entering if bucket.entering is not None else torch.zeros(len(bucket.attributes), dtype=torch.bool)
+    candidates = []
+    for index, key in enumerate(bucket.attributes):
+        if key[motion_index] not in OPPOSITE or bool(flags[index]) != entering:
+            continue
+        flipped = key[:motion_index] + (OPPOSITE[key[motion_index]],) + key[motion_index + 1 :]
+        if key in bank.by_attributes and flipped in bank.by_attributes:
+            candidates.append((index, key, flipped))
+    if not candidates:
+        return {}
+    picks = [candidates[int(i)] for i in rng.choice(len(candidates), size=min(clips, len(candidates)), replace=False)]
+    length = min(length, bucket.latents.shape[2])
+    x0 = torch.stack([bucket.latents[i, :, :length] for i, _, _ in picks]).float()  # (B, C, T, h, w)
+    b = x0.shape[0]
+    generator = torch.Generator().manual_seed(seed + 17)
+    sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * torch.rand(b, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    xt = (1 - sigma.view(b, 1, 1, 1, 1)) * x0 + sigma.view(b, 1, 1, 1, 1) * noise
+    fps = bucket.fps[[i for i, _, _ in picks]].float()
+    losses = []
+    for keys in ([key for _, key, _ in picks], [flipped for _, _, flipped in picks]):
+        ids = [int(bank.by_attributes[key][0]) for key in keys]
+        longest = int(bank.lengths[ids].max())
+        tokens = bank.tokens[ids, :longest].float()
+        token_mask = torch.arange(longest)[None, :] < bank.lengths[ids][:, None]
+        velocity = dit(xt, sigma, tokens, token_mask, fps)
+        losses.append((velocity - (noise - x0)).pow(2).flatten(1).mean(dim=1))
+    true_loss, wrong_loss = losses
+    return {"true_wins": float((true_loss < wrong_loss).float().mean()),
+            "relative_gap": float(((wrong_loss - true_loss) / wrong_loss).mean()), "clips": b}
+
+
 def flow_loss(dit: DiT, batch, generator: torch.Generator, sigma_shift: float = 1.0) -> torch.Tensor:
     x0, tokens, token_mask, fps, mask = batch
     b = x0.shape[0]
@@ -146,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--vae", type=Path, required=True, help="VAE run folder (vae.safetensors, vae_config.json)")
     parser.add_argument("--variant", default="tiny")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this folder's dit.safetensors (same architecture) instead of random weights")
+    parser.add_argument("--entering-share", type=float, default=0.0,
+                        help="share of cached clips whose object starts on the side opposite its motion")
     parser.add_argument("--cache", type=Path, default=None, help="latent cache file (default OUT/cache.pt)")
     parser.add_argument("--clips", type=int, default=15000, help="clips in the latent cache")
     parser.add_argument("--cache-frames", type=int, default=12, help="latent frames per cached clip")
@@ -187,15 +245,20 @@ def main(argv: list[str] | None = None) -> None:
         log.write({"event": "cache_loaded", "captions": len(bank.texts), "clips": sum(len(b.attributes) for b in buckets)})
     else:
         started = time.monotonic()
-        buckets = build_latent_buckets(vae, args.seed, args.clips, args.cache_frames, log=lambda m: log.write({"event": m}))
+        buckets = build_latent_buckets(vae, args.seed, args.clips, args.cache_frames, log=lambda m: log.write({"event": m}),
+                                       entering_share=args.entering_share)
         combinations = {key for bucket in buckets for key in bucket.attributes}
         bank = build_caption_bank(encoder, args.seed, combinations, per_combination=2 if args.smoke else 5)
         log.write({"event": "captions_encoded", "captions": len(bank.texts), "seconds": round(time.monotonic() - started, 1)})
-        meta = {"clips": args.clips, "cache_frames": args.cache_frames, "seed": args.seed}
+        meta = {"clips": args.clips, "cache_frames": args.cache_frames, "seed": args.seed, "entering_share": args.entering_share}
         save_cache(cache_path, bank, buckets, meta)
         log.write({"event": "cache_built", "seconds": round(time.monotonic() - started, 1)})
 
-    dit = DiT(dit_config, native.vae.latent_channels).to(device)
+    dit = DiT(dit_config, native.vae.latent_channels)
+    if args.init_from is not None and not (args.resume and (args.out / "checkpoint.pt").exists()):
+        dit.load_state_dict({k: v.float() for k, v in load_file(str(args.init_from / "dit.safetensors")).items()})
+        log.write({"event": "init_from", "folder": str(args.init_from)})
+    dit = dit.to(device)
     log.write({"event": "model", "dit_params": sum(p.numel() for p in dit.parameters()),
                "vae_params": sum(p.numel() for p in vae.parameters())})
     ema = EMA(dit, args.ema_decay)
@@ -240,7 +303,13 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.eval_every == 0:
             export()
             summary = quick_eval(native, ema.model, vae, encoder, args.seed, args.eval_clips, steps=4 if args.smoke else 15)
-            log.write({"event": "eval", "step": step, **summary})
+            probes = {
+                "probe_entering_high_noise": direction_probe(ema.model, buckets, bank, args.seed, entering=True),
+                "probe_uniform_high_noise": direction_probe(ema.model, buckets, bank, args.seed, entering=False),
+                "probe_uniform_mid_noise": direction_probe(ema.model, buckets, bank, args.seed, entering=False,
+                                                           sigma_range=(0.4, 0.7)),
+            }
+            log.write({"event": "eval", "step": step, **summary, **probes})
         if args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60:
             log.write({"event": "time_limit", "step": step})
             break

@@ -14,6 +14,7 @@ from tessera.models.shapes.captions import (
     training_captions,
 )
 from tessera.models.shapes.world import (
+    DIRECTIONS,
     COLOURS,
     HELD_OUT,
     ClipSpec,
@@ -102,3 +103,20 @@ def test_training_captions_are_varied_and_consistent(count):
     for caption in captions:
         parsed = parse_prompt(caption)
         assert all(full[key] == value for key, value in parsed.items()), caption
+
+
+def test_entering_objects_start_on_the_side_they_move_away_from():
+    rng = np.random.default_rng(3)
+    for motion in ("left", "right", "up", "down"):
+        for _ in range(50):
+            spec = sample_spec(rng, split="all", motions=(motion,), start_policy="entering")
+            dx, dy = DIRECTIONS[motion]
+            along = spec.start[0] if dx else spec.start[1]
+            trailing = along if (dx + dy) > 0 else 1.0 - along
+            # Trailing 30% of the frame, or up to 10% past the edge (wrapped onto the far side).
+            assert trailing <= 0.3 + 1e-9 or trailing >= 0.9 - 1e-9, (motion, spec.start)
+    bounce = sample_spec(rng, split="all", motions=("bounce",), start_policy="entering")
+    radius = bounce.diameter_px / 2
+    assert radius <= bounce.start[0] * bounce.width <= bounce.width - radius
+    with pytest.raises(ValueError, match="start_policy"):
+        sample_spec(rng, start_policy="middle")
