@@ -199,6 +199,11 @@ class ModelCard:
             supported = ", ".join(m for m in MODES if m in self.capabilities.modes)
             raise UnsupportedModeError(f"model {self.name} does not support {mode} (it supports {supported})")
 
+    def require_option(self, option: str, mode: str) -> None:
+        """Raise :class:`UnsupportedModeError` when the card refuses ``option`` (a request field of ``mode``)."""
+        if option in self.capabilities.refused_options:
+            raise UnsupportedModeError(f"model {self.name} does not support {option} with {mode}")
+
 
 MODES: tuple[str, ...] = (
     "text_to_video", "image", "image_to_video", "extend", "edit", "transition", "loop", "multi_shot",
@@ -219,6 +224,14 @@ class ModelCapabilities:
     fused overlapping windows; False: one window, at most ``max_latent_frames`` long."""
     max_latent_frames: int | None = None
     """Longest video in latent frames the family renders (None: no limit of its own)."""
+    conditioned_modes: frozenset[str] = frozenset()
+    """Modes whose given images condition the model through the family's own payload
+    (:meth:`VideoModel.encode_conditioning`, computed once per job by the stage that holds the
+    VAE) instead of frame masks alone; e.g. Wan image to video: CLIP image tokens and the VAE
+    latents of the image followed by black frames, as extra input channels."""
+    refused_options: frozenset[str] = frozenset()
+    """Request options of modes it serves that it cannot honour (e.g. ``image_is_last_frame``
+    where the pipeline conditions on the first frame only); refused like an unlisted mode."""
 
 
 class UnsupportedModeError(ValueError):
@@ -270,6 +283,49 @@ def keep_given(latents: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -
 
 
 @dataclasses.dataclass
+class ConditioningRequest:
+    """What a family's own conditioning is computed from (:meth:`VideoModel.encode_conditioning`):
+    the job's given images by the pixel frame each stands at, and the video they condition."""
+
+    images: dict[int, torch.Tensor]
+    """Pixel frame index -> ``uint8 (H, W, 3)`` image at the video's size (0: the first frame)."""
+    num_frames: int
+    height: int
+    width: int
+    seed: int
+    """The job's seed, for a family whose pipeline draws from its generator while conditioning
+    (LTX-Video samples the image's latent distribution)."""
+
+
+@dataclasses.dataclass
+class ModelConditioning:
+    """A family's own conditioning of one job beyond text, made once per job by the stage that
+    holds the VAE (:meth:`VideoModel.encode_conditioning`) and carried to the Denoiser by
+    reference, like the text. The family chooses the names and what they mean; serving only
+    slices it per time window (:meth:`window`), hashes, ships and caches it.
+
+    * ``frames``: latent frames kept clean (frame-mask conditioning), whole video; the sampler
+      starts from them and keeps them, and the family's step may treat them specially (LTX-Video
+      and Wan 2.2 TI2V give their tokens timestep 0);
+    * ``per_frame``: tensors laid out ``(C', T, H, W)`` along the video's latent frames, sliced
+      with the latents (Wan's VAE latents of the image and black frames, with their mask);
+    * ``shared``: tensors of the whole job, sent to every window as they are (Wan's CLIP image tokens).
+    """
+
+    frames: FrameCondition | None = None
+    per_frame: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    shared: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def window(self, start: int, stop: int) -> ModelConditioning:
+        """The conditioning of latent frames ``[start, stop)`` (frames none when none is given there)."""
+        frames = None
+        if self.frames is not None and bool(self.frames.mask[start:stop].any()):
+            frames = FrameCondition(self.frames.latents[:, start:stop].contiguous(), self.frames.mask[start:stop].contiguous())
+        per_frame = {name: tensor[..., start:stop, :, :].contiguous() for name, tensor in self.per_frame.items()}
+        return ModelConditioning(frames=frames, per_frame=per_frame, shared=dict(self.shared))
+
+
+@dataclasses.dataclass
 class DenoiseWork:
     """One time window of one video to advance through one or more noise levels.
 
@@ -293,6 +349,9 @@ class DenoiseWork:
     plain data (CPU tensors, numbers, lists). None: no history (the first step, a family whose
     sampler has none, or a resumed job). Its tensors are ``(C, T, H, W)`` like the latents, so
     windows that are fused can fuse them with the same weights."""
+    conditioning: ModelConditioning | None = None
+    """The family's own conditioning of this window (:meth:`ModelConditioning.window`), for modes
+    the card lists in ``conditioned_modes``; None otherwise."""
 
 
 @dataclasses.dataclass
@@ -374,6 +433,12 @@ class VideoModel(abc.ABC):
         return [StepResult(latents) for latents in self.step(work)]
 
     # -- video autoencoder (part "vae") ------------------------------------------------
+    def encode_conditioning(self, request: ConditioningRequest) -> ModelConditioning:
+        """The family's own conditioning of a job from its given images (part "vae"), for the modes
+        its card lists in ``capabilities.conditioned_modes``. Families that condition by frame
+        masks alone (the given frames encoded with :meth:`encode_video`) list none."""
+        raise NotImplementedError(f"model {self.card.name} conditions on given frames by frame masks only")
+
     @abc.abstractmethod
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """``(T, H, W, 3)`` uint8 frames to latents ``(C, T', H', W')`` (part "vae")."""

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from tessera.models.interface import (
+    ConditioningRequest,
     DenoiseWork,
     LatentGeometry,
     ModelCard,
@@ -44,6 +45,7 @@ from tessera.models.interface import (
     TextConditioning,
     VideoModel,
     check_denoise_work,
+    keep_given,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,7 +185,7 @@ def load_component(folder: DiffusersFolder, name: str, where: Placement | None):
 
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     cls = getattr(importlib.import_module(library), class_name)
-    if where is None:
+    if where is None or "processor" in name:  # processors (CLIPImageProcessor) hold no weights
         return cls.from_pretrained(source, local_files_only=True)
     kwargs: dict[str, Any] = {"local_files_only": True, "low_cpu_mem_usage": True}
     kwargs["dtype"] = where.dtype
@@ -480,7 +482,7 @@ class OpenVideoModel(VideoModel):
         for part in parts:
             for name in cls.parts[part]:
                 if folder.has(name):
-                    components[name] = load_component(folder, name, None if "tokenizer" in name else places[part])
+                    components[name] = load_component(folder, name, None if "tokenizer" in name or "processor" in name else places[part])
         if components.get("vae") is not None and config.vae_tiling:
             components["vae"].enable_tiling()
         pipe = cls.make_pipeline(folder, components, schedule.template) if parts else None
@@ -520,15 +522,28 @@ class OpenVideoModel(VideoModel):
     text_dim: int
     max_text_tokens: int
 
+    keeps_frames: bool = False
+    """Whether the family's transformer keeps given latent frames (``DenoiseWork.frames``): LTX-Video
+    and Wan 2.2 TI2V condition on clean first frames whose tokens get timestep 0."""
+
+    def check_conditioning(self, item: DenoiseWork) -> None:
+        """The family's own conditioning of the item (``DenoiseWork.conditioning``); by default none."""
+        payload = item.conditioning
+        if payload is not None and (payload.per_frame or payload.shared):
+            raise ValueError(f"model {self.card.name} takes no conditioning beyond text and given frames, "
+                             f"got {sorted({*payload.per_frame, *payload.shared})}")
+
     def check_work(self, item: DenoiseWork) -> None:
-        """The shared checks, then what the open families add: no given frames (their text to
-        video transformers were not trained to keep any), the family's own scheduler, the text width."""
+        """The shared checks, then what the open families add: given frames only where the family's
+        transformer keeps them (text to video transformers were not trained to), its own
+        conditioning, the family's own scheduler, the text width."""
         check_denoise_work(item, self.card.geometry.latent_channels, self.card.geometry.patch_size)
-        if item.frames is not None:
+        if item.frames is not None and not self.keeps_frames:
             raise ValueError(
                 f"model {self.card.name} ({self.folder.pipeline_class}) cannot keep given frames: its transformer was "
                 "not trained with frame conditioning (modes image_to_video, extend, transition)"
             )
+        self.check_conditioning(item)
         if item.sampler != "euler":
             raise ValueError(f"model {self.card.name} samples with its own {self.schedule.name}; sampler {item.sampler!r} is not available")
         for text in (item.text, item.negative_text):
@@ -569,6 +584,13 @@ class OpenVideoModel(VideoModel):
             SolverSchedule.to_device(scheduler, where.device)
         return schedulers, [item.latents.to(where.device, torch.float32)[None] for item in items]
 
+    @staticmethod
+    def keep_frames(item: DenoiseWork, latents: torch.Tensor) -> torch.Tensor:
+        """``(1, C, T, H, W)`` latents after a step with the item's given frames put back exactly
+        (the pipelines step only the other frames; their steps are elementwise, so the rest is
+        the same bits)."""
+        return latents if item.frames is None else keep_given(latents, item.frames.latents, item.frames.mask)
+
     def finish(self, schedulers: list, latents: list[torch.Tensor]) -> list[StepResult]:
         return [StepResult(x[0].float().cpu(), self.schedule.state(s)) for x, s in zip(latents, schedulers, strict=True)]
 
@@ -596,6 +618,28 @@ class OpenVideoModel(VideoModel):
         """A decoded ``(1, 3, T, H, W)`` video through the pipeline's processor, without the
         pixels of the ``context_frames`` latent frames of causal context."""
         return video_to_uint8(self.pipe.video_processor, video)[self.geometry.time_grid.pixel_start(context_frames):]
+
+
+# -- given images -----------------------------------------------------------------------------
+def first_frame_image(request: ConditioningRequest, card: ModelCard, pipeline: str):
+    """check_inputs of the families whose pipelines condition on one image, the first frame: the
+    request's image at pixel frame 0 as the PIL image the pipeline's ``__call__`` takes, after
+    checking the request (one image, at frame 0, of the video's size, on the frame-count rule)."""
+    from PIL import Image
+
+    if set(request.images) != {0}:
+        raise ValueError(f"model {card.name} ({pipeline}) conditions on one image at the first frame; "
+                         f"got images at frames {sorted(request.images)}")
+    image = torch.as_tensor(request.images[0])
+    if image.dtype != torch.uint8 or tuple(image.shape) != (request.height, request.width, 3):
+        raise ValueError(f"the image must be uint8 ({request.height}, {request.width}, 3), got {image.dtype} {tuple(image.shape)}")
+    grid = card.geometry.time_grid
+    if request.num_frames < 1 or grid.pixel_frames(grid.latent_frames(request.num_frames)) != request.num_frames:
+        raise ValueError(f"num_frames must be 1 + {grid.temporal_factor}k, got {request.num_frames}")
+    multiple = card.geometry.size_multiple
+    if request.height % multiple or request.width % multiple:
+        raise ValueError(f"size {request.width}x{request.height} must be a multiple of {multiple}")
+    return Image.fromarray(image.numpy())
 
 
 # -- frames ------------------------------------------------------------------------------------

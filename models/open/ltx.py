@@ -19,8 +19,15 @@ The split, reusing the pipeline's own components and functions:
   decode where the VAE has one (LTX 0.9.1+; the decode noise from ``decode_seed``) and its video
   processor.
 
-Modes: text to video, image (one frame) and edit (SDEdit). The T2V transformer keeps no given
-frames (image to video is ``LTXImageToVideoPipeline``, not served here yet).
+Image to video, as ``LTXImageToVideoPipeline`` does it with the same folders (LTX-Video's
+checkpoints serve both pipelines): the image's latent, sampled from the VAE's distribution with
+the pipeline's generator (``prepare_latents``, seeded with the job's seed) and normalised as that
+pipeline normalises it, is the clean first latent frame (:meth:`LTXVideoModel.encode_conditioning`
+on the Decoder, once per job; ``ModelConditioning.frames``). Its tokens get timestep 0 (the
+pipeline's ``conditioning_mask``) and only the other frames are stepped.
+
+Modes: text to video, image (one frame), edit (SDEdit) and image to video with the image as the
+first frame (``image_is_last_frame`` is refused: the pipeline conditions on the first frame only).
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ import numpy as np
 import torch
 
 from tessera.models.interface import (
+    ConditioningRequest,
     DenoiseWork,
+    FrameCondition,
     LatentGeometry,
     ModelCapabilities,
     ModelCard,
+    ModelConditioning,
     StepResult,
     TextConditioning,
     TimeGrid,
@@ -42,6 +52,7 @@ from tessera.models.open.common import (
     OpenVideoModel,
     SolverSchedule,
     card_limits,
+    first_frame_image,
     pad_text,
     pipeline_defaults,
     prompt_rows,
@@ -49,7 +60,7 @@ from tessera.models.open.common import (
     weights_version,
 )
 
-MODES = frozenset({"text_to_video", "image", "edit"})
+MODES = frozenset({"text_to_video", "image", "edit", "image_to_video"})
 
 
 def compression(vae: dict) -> tuple[int, int]:
@@ -64,7 +75,8 @@ class LTXVideoModel(OpenVideoModel):
     """An ``LTXPipeline`` folder, stage by stage (see the module docstring)."""
 
     family = "ltx"
-    pipelines = ("LTXPipeline",)
+    pipelines = ("LTXPipeline", "LTXImageToVideoPipeline")
+    keeps_frames = True  # given frames' tokens get timestep 0, as the pipeline's conditioning_mask gives them
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -91,8 +103,18 @@ class LTXVideoModel(OpenVideoModel):
         limits = card_limits(geometry, config, defaults, float(defaults["frame_rate"]))
         return ModelCard(
             family=cls.family, name=config.name or folder.path.name, version=config.version or weights_version(folder),
-            geometry=geometry, limits=limits, capabilities=ModelCapabilities(modes=MODES, time_tiling=True),
+            geometry=geometry, limits=limits,
+            capabilities=ModelCapabilities(modes=MODES, time_tiling=True, conditioned_modes=frozenset({"image_to_video"}),
+                                           refused_options=frozenset({"image_is_last_frame"})),
         )
+
+    @classmethod
+    def make_pipeline(cls, folder: DiffusersFolder, components: dict, scheduler):
+        """An ``LTXImageToVideoPipeline`` for every folder: ``LTXPipeline``'s components and
+        ``encode_prompt``, and the ``prepare_latents`` that conditions on an image."""
+        from diffusers import LTXImageToVideoPipeline
+
+        return LTXImageToVideoPipeline(scheduler=scheduler, **components)
 
     @classmethod
     def build_schedule(cls, folder: DiffusersFolder, config, geometry: LatentGeometry) -> SolverSchedule:
@@ -134,7 +156,14 @@ class LTXVideoModel(OpenVideoModel):
         return list(self.schedule.sigmas(steps, tuple(latent_shape)))
 
     def batch_key(self, work: DenoiseWork) -> tuple:
-        return (*super().batch_key(work), float(work.fps))  # the RoPE interpolation depends on the frame rate
+        # The RoPE interpolation depends on the frame rate; given frames make the timestep per token.
+        return (*super().batch_key(work), float(work.fps), work.frames is not None)
+
+    def token_mask(self, item: DenoiseWork) -> torch.Tensor:
+        """``(1, tokens)`` float32, 1 on the tokens of given frames: the pipeline's packed ``conditioning_mask``."""
+        _, t, h, w = item.latents.shape
+        mask = item.frames.mask.float().view(1, 1, t, 1, 1).expand(1, 1, t, h, w)
+        return self.pipe._pack_latents(mask, self.patch, self.patch_t).squeeze(-1)
 
     def advance(self, items: list[DenoiseWork]) -> list[StepResult]:
         from diffusers.pipelines.ltx.pipeline_ltx import rescale_noise_cfg
@@ -148,11 +177,15 @@ class LTXVideoModel(OpenVideoModel):
             texts = [item.negative_text for item in items] + texts
         embeds, mask = pad_text(texts, self.config.max_sequence_length, where.device, where.dtype)
         rope = (self.temporal_ratio / items[0].fps, self.spatial_ratio, self.spatial_ratio)
+        given = items[0].frames is not None  # the same for the whole batch (batch_key)
+        masks = torch.cat([self.token_mask(item) for item in items]).to(where.device) if given else None  # (B, tokens)
         for _ in range(len(items[0].sigmas) - 1):
             timesteps = torch.stack([self.schedule.timestep(s).reshape(()) for s in schedulers]).to(where.device)
             packed = torch.cat([self.pipe._pack_latents(x, self.patch, self.patch_t) for x in latents])
             if guided:
                 packed, timesteps = torch.cat([packed, packed]), torch.cat([timesteps, timesteps])
+            if given:  # the image's tokens at timestep 0, the rest at t (the pipeline's conditioning_mask)
+                timesteps = timesteps.unsqueeze(-1) * (1 - (torch.cat([masks, masks]) if guided else masks))
             noise_pred = self.pipe.transformer(
                 hidden_states=packed.to(where.dtype), encoder_hidden_states=embeds, timestep=timesteps,
                 encoder_attention_mask=mask, num_frames=t, height=h, width=w, rope_interpolation_scale=rope,
@@ -171,9 +204,35 @@ class LTXVideoModel(OpenVideoModel):
                 sample = scheduler.step(prediction, self.schedule.timestep(scheduler), sample, return_dict=False)[0]
                 latents[index] = self.pipe._unpack_latents(sample, t // self.patch_t, h // self.patch, w // self.patch,
                                                            self.patch, self.patch_t)
+                latents[index] = self.keep_frames(item, latents[index])
         return self.finish(schedulers, latents)
 
     # -- VAE ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_conditioning(self, request: ConditioningRequest) -> ModelConditioning:
+        """The image's latent as ``LTXImageToVideoPipeline.__call__`` makes it with
+        ``generator=torch.Generator().manual_seed(seed)``: its video processor, then its
+        ``prepare_latents`` (the VAE's latent distribution sampled with that generator,
+        normalised), whose first latent frame is the image's. Part "vae"."""
+        vae = self.part("vae", "vae")
+        image = first_frame_image(request, self.card, "LTXImageToVideoPipeline")
+        device = self.places["vae"].device
+        pixels = self.pipe.video_processor.preprocess(image, height=request.height, width=request.width).to(device, vae.dtype)
+        generator = torch.Generator().manual_seed(request.seed)
+        c = self.card.geometry.latent_channels
+        _, t, h, w = self.card.geometry.latent_shape(request.num_frames, request.height, request.width)
+        packed, _ = self.pipe.prepare_latents(pixels, 1, c, request.height, request.width, request.num_frames, torch.float32,
+                                              device, generator)
+        # The pipeline's latents are image * mask + noise * (1 - mask): the first frame is the image's latent.
+        # prepare_latents packs with the transformer's patch (1 where it is not loaded, as here): unpack alike.
+        ps, pt = self.pipe.transformer_spatial_patch_size, self.pipe.transformer_temporal_patch_size
+        latents = self.pipe._unpack_latents(packed, t // pt, h // ps, w // ps, ps, pt)[0].float().cpu()  # (C, T, h, w)
+        known = torch.zeros(c, t, h, w)
+        known[:, :1] = latents[:, :1]
+        mask = torch.zeros(t)
+        mask[0] = 1
+        return ModelConditioning(frames=FrameCondition(known, mask))
+
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """The VAE's mode, normalised as the pipelines normalise (frames padded to ``1 + 8k``)."""

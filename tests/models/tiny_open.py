@@ -70,6 +70,49 @@ def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
     return folder
 
 
+def clip_vision(image_size: int = 32, hidden_size: int = 4):
+    """A tiny ``CLIPVisionModel`` and its ``CLIPImageProcessor``, configured here (as diffusers'
+    Wan image-to-video tests build them): the processor resizes and crops to ``image_size``, the
+    encoder's patch is 1 px, so ``image_size**2 + 1`` tokens of width ``hidden_size``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=hidden_size, projection_dim=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, intermediate_size=16, patch_size=1)
+    return CLIPVisionModel(config).eval(), CLIPImageProcessor(crop_size=image_size, size=image_size)
+
+
+def wan_i2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0) -> Path:
+    """A tiny ``WanImageToVideoPipeline``: Wan 2.1 I2V (transformer ``in_channels`` 16 + 4 + 16, a
+    CLIP image encoder and ``image_dim``), or with ``two_experts`` Wan 2.2 I2V A14B's layout (two
+    experts below ``boundary_ratio`` 0.8, no image encoder)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    hidden = 4
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32, image_dim=None if two_experts else hidden,
+        ).eval()
+
+    image_encoder, image_processor = clip_vision(hidden_size=hidden) if not two_experts else (None, None)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=word_tokenizer(),
+        text_encoder=umt5_encoder(32),
+        vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]).eval(),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000, solver_order=2,
+        ),
+        image_encoder=image_encoder, image_processor=image_processor,
+        transformer=transformer(), transformer_2=transformer() if two_experts else None,
+        boundary_ratio=0.8 if two_experts else None,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def t5_encoder(d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 
@@ -80,10 +123,12 @@ def t5_encoder(d_model: int = 32):
     return T5EncoderModel(config).eval()
 
 
-def ltx_t2v(folder: Path, *, seed: int = 0, timestep_conditioning: bool = False) -> Path:
+def ltx_t2v(folder: Path, *, seed: int = 0, timestep_conditioning: bool = False, image_to_video: bool = False) -> Path:
     """A tiny ``LTXPipeline`` as diffusers' own tests build it (VAE 4x spatial, 4x temporal), with
-    LTX 0.9.1's dynamically shifted flow-match Euler scheduler."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    LTX 0.9.1's dynamically shifted flow-match Euler scheduler; with ``image_to_video`` the same
+    components saved as an ``LTXImageToVideoPipeline`` (LTX-Video's checkpoints serve both)."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
+    from diffusers import LTXVideoTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = LTXVideoTransformer3DModel(
@@ -105,7 +150,8 @@ def ltx_t2v(folder: Path, *, seed: int = 0, timestep_conditioning: bool = False)
         use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
         shift_terminal=0.1,
     )
-    pipe = LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=t5_encoder(32), tokenizer=word_tokenizer(128), transformer=transformer)
+    pipeline = LTXImageToVideoPipeline if image_to_video else LTXPipeline
+    pipe = pipeline(scheduler=scheduler, vae=vae, text_encoder=t5_encoder(32), tokenizer=word_tokenizer(128), transformer=transformer)
     pipe.save_pretrained(folder)
     return folder
 
