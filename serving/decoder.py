@@ -1,5 +1,7 @@
 """Decoder stage: latent time tiles to pixels (video VAE) to H.264 (PyAV); and the way back,
-input images and videos to latents (the VAE's encoder), for the modes that start from them."""
+input images and videos to latents (the VAE's encoder), for the modes that start from them, or to
+the family's own conditioning (``VideoModel.encode_conditioning``: Wan's image channels and CLIP
+tokens, LTX-Video's first frame), which the image encoders loaded beside the VAE compute."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import torch
 from ray import serve
 
 from tessera.models.config import ModelConfig
+from tessera.models.interface import ConditioningRequest, ModelConditioning
 from tessera.models.registry import load_model
 from tessera.serving.logs import configure_replica_logging
 from tessera.serving.media import decode_media, fit_frames
 from tessera.serving.metrics import record_tile
-from tessera.serving.stages import DecodedTile, DecodeTileRequest, EncodeRequest, ModelThread
+from tessera.serving.stages import ConditionRequest, DecodedTile, DecodeTileRequest, EncodeRequest, ModelThread
 from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
 
@@ -67,6 +70,17 @@ class DecoderEngine:
     async def encode(self, request: EncodeRequest) -> torch.Tensor:
         return await self._thread.run(self._encode, request)
 
+    def _condition(self, request: ConditionRequest) -> ModelConditioning:
+        size = (request.width, request.height)
+        images = {frame: fit_frames(torch.from_numpy(decode_media(data, [0], size=size)), *size)[0]
+                  for frame, data in request.images.items()}  # (H, W, 3) uint8 each
+        return self.model.encode_conditioning(ConditioningRequest(images, request.num_frames, request.height, request.width,
+                                                                  request.seed))
+
+    async def encode_conditioning(self, request: ConditionRequest) -> ModelConditioning:
+        """The family's own conditioning from the job's given images (the VAE, and any image encoder, are here)."""
+        return await self._thread.run(self._condition, request)
+
 
 @serve.deployment
 class Decoder:
@@ -81,3 +95,6 @@ class Decoder:
 
     async def encode(self, request: EncodeRequest) -> torch.Tensor:
         return await self.engine.encode(request)
+
+    async def encode_conditioning(self, request: ConditionRequest) -> ModelConditioning:
+        return await self.engine.encode_conditioning(request)

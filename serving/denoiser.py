@@ -216,12 +216,15 @@ class DenoiserEngine:
                  batching: StepBatchingConfig = StepBatchingConfig(), interactive_min_priority: int = 0):
         self.model = load_model(model_config, parts={"denoiser"})
         self.texts = TextCache()
+        self.conditionings = TextCache(capacity=16)
+        """The families' own conditionings (image to video), by content key, like the texts."""
         policy = BatchPolicy(batching.max_batch_items, batching.max_wait_s, batching.aging_s, interactive_min_priority,
                              batching.mix_classes)
         self.batcher = StepBatcher(self.model, ModelThread(threads), policy)
 
     async def _resolve(self, work: StepWork) -> DenoiseWork:
-        work_item = work.resolve(*await self.texts.get(work.text))
+        conditioning = await self.conditionings.get(work.conditioning) if work.conditioning is not None else None
+        work_item = work.resolve(*await self.texts.get(work.text), conditioning)
         if len(work_item.sigmas) < 2:
             raise ValueError(f"a work item needs at least two noise levels, got {work_item.sigmas}")
         return work_item

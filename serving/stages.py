@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import hashlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
-from tessera.models.interface import DenoiseWork, FrameCondition, StepResult, TextConditioning
+from tessera.models.interface import DenoiseWork, FrameCondition, ModelConditioning, StepResult, TextConditioning
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +78,32 @@ class SharedText:
         return digest.hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedConditioning:
+    """One window's share of a job's :class:`ModelConditioning` (the family's own payload: Wan's
+    image channels and CLIP tokens, LTX-Video's given first frame), shipped to the Denoiser by
+    reference like :class:`SharedText`: put once per job and window, fetched once per replica."""
+
+    key: str
+    ref: Any
+
+    @staticmethod
+    def content_key(conditioning: ModelConditioning) -> str:
+        digest = hashlib.sha256()
+
+        def add(name: str, tensor: torch.Tensor) -> None:
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+
+        if conditioning.frames is not None:
+            add("frames", conditioning.frames.latents)
+            add("mask", conditioning.frames.mask)
+        for group, tensors in (("per_frame.", conditioning.per_frame), ("shared.", conditioning.shared)):
+            for name in sorted(tensors):
+                add(group + name, tensors[name])
+        return digest.hexdigest()
+
+
 @dataclasses.dataclass
 class StepWork:
     """One time window to advance, as sent to the Denoiser: :class:`DenoiseWork` with the text
@@ -93,27 +120,33 @@ class StepWork:
     """The job's priority: the Denoiser's step scheduler runs higher first (interactive >= 0, batch < 0)."""
     solver_state: dict[str, Any] | None = None
     """A multistep solver's history at ``sigmas[0]`` (see :class:`DenoiseWork`), as the previous call returned it."""
+    conditioning: SharedConditioning | None = None
+    """The window's share of the family's own conditioning (modes in the card's ``conditioned_modes``);
+    its given frames, if any, travel inside it rather than in ``frames``."""
 
-    def resolve(self, text: TextConditioning, negative: TextConditioning | None) -> DenoiseWork:
+    def resolve(self, text: TextConditioning, negative: TextConditioning | None,
+                conditioning: ModelConditioning | None = None) -> DenoiseWork:
+        frames = self.frames if self.frames is not None or conditioning is None else conditioning.frames
         return DenoiseWork(latents=self.latents, sigmas=self.sigmas, text=text, negative_text=negative,
-                           guidance_scale=self.guidance_scale, fps=self.fps, frames=self.frames, sampler=self.sampler,
-                           solver_state=self.solver_state)
+                           guidance_scale=self.guidance_scale, fps=self.fps, frames=frames, sampler=self.sampler,
+                           solver_state=self.solver_state, conditioning=conditioning)
 
 
 class TextCache:
-    """A Denoiser replica's recently used text conditionings, by content key (LRU)."""
+    """A Denoiser replica's recently used conditionings (text pairs, or a family's
+    :class:`ModelConditioning`), by content key (LRU)."""
 
     def __init__(self, capacity: int = 64):
-        self._entries: collections.OrderedDict[str, tuple[TextConditioning, TextConditioning | None]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.capacity = capacity
         self.fetches = 0
         """How many times a conditioning had to be fetched (a miss), for benches and tests."""
 
-    async def get(self, shared: SharedText) -> tuple[TextConditioning, TextConditioning | None]:
+    async def get(self, shared: SharedText | SharedConditioning) -> Any:
         entry = self._entries.get(shared.key)
         if entry is None:
             value = shared.ref
-            if not isinstance(value, tuple):  # a Ray ObjectRef: fetched from the object store once
+            if inspect.isawaitable(value):  # a Ray ObjectRef: fetched from the object store once
                 value = await value
             self.fetches += 1
             entry = value
@@ -171,6 +204,21 @@ class EncodeRequest:
 
 
 @dataclasses.dataclass
+class ConditionRequest:
+    """A job's given images to the family's own conditioning (``VideoModel.encode_conditioning``,
+    on a Decoder replica: it holds the VAE and any image encoder). Each image (file bytes) is
+    decoded there and fitted to ``width`` x ``height`` as :class:`EncodeRequest` fits its frames."""
+
+    width: int
+    height: int
+    num_frames: int
+    """Pixel frames the video's latents decode to (on the family's frame-count rule)."""
+    seed: int
+    images: dict[int, bytes]
+    """Pixel frame index -> the image file standing there (0: the first frame)."""
+
+
+@dataclasses.dataclass
 class DecodedTile:
     index: int
     first_frame: int
@@ -186,6 +234,14 @@ class Stages(Protocol):
 
     def share(self, conditioning: Conditioning) -> SharedText:
         """The conditioning's text tensors made shareable by reference, once per job."""
+        ...
+
+    def share_conditioning(self, conditioning: ModelConditioning) -> SharedConditioning:
+        """A window's share of the family's own conditioning, made shareable by reference, once per job."""
+        ...
+
+    async def encode_conditioning(self, request: ConditionRequest) -> ModelConditioning:
+        """The family's own conditioning from the job's given images (on a Decoder replica)."""
         ...
 
     def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
@@ -252,6 +308,14 @@ class ServeStages:
         pair = (conditioning.text, conditioning.negative_text)
         return SharedText(SharedText.content_key(*pair), ray.put(pair))
 
+    def share_conditioning(self, conditioning: ModelConditioning) -> SharedConditioning:
+        import ray
+
+        return SharedConditioning(SharedConditioning.content_key(conditioning), ray.put(conditioning))
+
+    async def encode_conditioning(self, request: ConditionRequest) -> ModelConditioning:
+        return await self._retrying("conditioning on the inputs", lambda: self._decoder.encode_conditioning.remote(request))
+
     async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         deadline = time.monotonic() + self.retry_budget_s
         while True:
@@ -290,6 +354,12 @@ class LocalStages:
     def share(self, conditioning: Conditioning) -> SharedText:
         pair = (conditioning.text, conditioning.negative_text)
         return SharedText(SharedText.content_key(*pair), pair)
+
+    def share_conditioning(self, conditioning: ModelConditioning) -> SharedConditioning:
+        return SharedConditioning(SharedConditioning.content_key(conditioning), conditioning)
+
+    async def encode_conditioning(self, request: ConditionRequest) -> ModelConditioning:
+        return await self._decoder.encode_conditioning(request)
 
     async def advance(self, work: StepWork, report_every_s: float = 0.0) -> AsyncIterator[DenoiseUpdate]:
         async for update in self._denoiser.advance(work, report_every_s):

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from tessera.models.interface import FrameCondition, VideoModel, frame_noise
+from tessera.models.interface import FrameCondition, ModelConditioning, VideoModel, frame_noise
 from tessera.serving.jobs.inputs import read_input
 from tessera.serving.jobs.layout import JobPlan, Placement
 from tessera.serving.jobs.planner import Window, window_batches
 from tessera.serving.jobs.records import JobRecord
-from tessera.serving.stages import EncodeRequest, SharedText, Stages, StepWork
+from tessera.serving.stages import ConditionRequest, EncodeRequest, SharedConditioning, SharedText, Stages, StepWork
 from tessera.serving.storage import ObjectStore
 
 
@@ -66,15 +66,25 @@ class Sampler:
         plan; ``resume``: (step groups done, latents after them) from a checkpoint."""
         spec = job.spec
         sigmas = job_plan.noise_levels(self.model, spec.steps)  # SDEdit: only the levels below its strength
-        given = await self.given_frames(job, job_plan)
+        windows = job_plan.render.windows
+        shared: list[SharedConditioning | None] = [None] * len(windows)
+        if spec.mode.value in self.model.card.capabilities.conditioned_modes:
+            # The family's own conditioning of the given images, made once per job on a Decoder
+            # replica and shared by reference per window (its given frames, if any, inside it).
+            conditioning = await self.model_conditioning(job, job_plan)
+            given = conditioning.frames
+            shared = await asyncio.to_thread(
+                lambda: [self.stages.share_conditioning(conditioning.window(w.start, w.stop)) for w in windows])
+        else:
+            given = await self.given_frames(job, job_plan)
         if resume is not None:
             groups_done, latents = resume
         else:
             groups_done = 0
             clean = (await self.encode([job_plan.init], job))[0] if job_plan.init is not None else None
             latents = await asyncio.to_thread(self._initial_latents, job, job_plan, sigmas[0], clean, given)
-        window_texts = [texts[job_plan.prompt_of(w)] for w in job_plan.render.windows]
-        return await self._sample(spec, job_plan, window_texts, latents, given, sigmas, hooks, groups_done)
+        window_texts = [texts[job_plan.prompt_of(w)] for w in windows]
+        return await self._sample(spec, job_plan, window_texts, latents, given, sigmas, hooks, groups_done, shared)
 
     def _initial_latents(self, job: JobRecord, job_plan: JobPlan, sigma: float, clean: torch.Tensor | None,
                          given: FrameCondition | None) -> torch.Tensor:
@@ -87,11 +97,13 @@ class Sampler:
     async def _sample(
         self, spec, job_plan: JobPlan, window_texts: Sequence[SharedText], latents: torch.Tensor,
         given: FrameCondition | None, sigmas: list[float], hooks: SamplingHooks, groups_done: int,
+        shared: Sequence[SharedConditioning | None] = (),
     ) -> torch.Tensor:
         """Advance ``latents`` through the step groups from ``groups_done`` on: every window in
         parallel, then fusion. A loop's circle is rotated by the plan's roll before each group
         and rotated back after, so its end and its start are denoised as neighbours."""
         windows = job_plan.render.windows
+        shared = list(shared) or [None] * len(windows)
         groups = job_plan.step_groups(len(sigmas) - 1)
         if groups_done:
             hooks.on_step(groups[groups_done - 1][1])
@@ -101,8 +113,10 @@ class Sampler:
             await hooks.check()
             group_sigmas = tuple(sigmas[first : last + 1])
             roll = job_plan.roll(index)
+            if roll and any(shared):
+                raise ValueError("a family's own conditioning is sliced per window and cannot roll with a loop")
             rolled, works = await asyncio.to_thread(self._works, spec, windows, window_texts, latents, given, group_sigmas,
-                                                    roll, state)
+                                                    roll, state, shared)
             outputs: list[torch.Tensor | None] = [
                 None if work is not None else given.latents[:, w.start : w.stop].clone() for w, work in zip(windows, works)
             ]
@@ -136,29 +150,32 @@ class Sampler:
 
     def _works(self, spec, windows: Sequence[Window], texts: Sequence[SharedText], latents: torch.Tensor,
                given: FrameCondition | None, sigmas: tuple[float, ...], roll: int,
-               state: SolverState) -> tuple[torch.Tensor, list[StepWork | None]]:
+               state: SolverState, shared: Sequence[SharedConditioning | None]) -> tuple[torch.Tensor, list[StepWork | None]]:
         """The step group's work items, sliced from the (rolled) latents and solver state."""
         rolled = torch.roll(latents, shifts=-roll, dims=1) if roll else latents
         rolled_state = map_frames(state, lambda t: torch.roll(t, shifts=-roll, dims=-3)) if roll else state
         return rolled, [
-            self._work(spec, w, t, rolled, given, sigmas, map_frames(rolled_state, lambda x, w=w: x[..., w.start : w.stop, :, :].contiguous()))
-            for w, t in zip(windows, texts, strict=True)
+            self._work(spec, w, t, rolled, given, sigmas, map_frames(rolled_state, lambda x, w=w: x[..., w.start : w.stop, :, :].contiguous()),
+                       c)
+            for w, t, c in zip(windows, texts, shared, strict=True)
         ]
 
     @staticmethod
     def _work(spec, window: Window, text: SharedText, latents: torch.Tensor, given: FrameCondition | None,
-              sigmas: tuple[float, ...], state: SolverState = None) -> StepWork | None:
-        """The window's work item; None when all its frames are given (nothing to generate)."""
+              sigmas: tuple[float, ...], state: SolverState = None, conditioning: SharedConditioning | None = None) -> StepWork | None:
+        """The window's work item; None when all its frames are given (nothing to generate). With
+        the family's own conditioning, the given frames travel inside it (by reference)."""
         frames = None
         if given is not None:
             mask = given.mask[window.start : window.stop]
             if bool(mask.all()):
                 return None
-            if bool(mask.any()):
+            if bool(mask.any()) and conditioning is None:
                 frames = FrameCondition(given.latents[:, window.start : window.stop].contiguous(), mask.contiguous())
         return StepWork(
             latents=latents[:, window.start : window.stop].contiguous(), sigmas=sigmas, text=text,
             guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority, solver_state=state,
+            conditioning=conditioning,
         )
 
     @staticmethod
@@ -186,6 +203,24 @@ class Sampler:
             return latents[:, : placement.latent_count]
 
         return await gather_or_cancel(encode(p) for p in placements)
+
+    async def model_conditioning(self, job: JobRecord, job_plan: JobPlan) -> ModelConditioning:
+        """The family's own conditioning of the plan's given images (one frame each), made on a
+        Decoder replica: each image stands at the pixel frame its placement gives it (the first
+        frame of its latent frame, or the last of a group-aligned one)."""
+        spec, render = job.spec, job_plan.render
+        grid = self.model.geometry.time_grid
+        num_frames = grid.pixel_frames(render.latent_frames)
+        images: dict[int, bytes] = {}
+        for placement in job_plan.given:
+            if len(placement.frame_indices) != 1 or placement.latent_count != 1:
+                raise ValueError(f"{placement.input}: a family's own conditioning takes single images, got "
+                                 f"{len(placement.frame_indices)} frames over {placement.latent_count} latent frames")
+            first, end = grid.pixel_range(placement.latent_start, placement.latent_stop)
+            frame = min(end - 1 if placement.group_aligned else first, num_frames - 1)
+            images[frame] = await asyncio.to_thread(read_input, self.store, job.tenant, job.job_id, placement.input)
+        request = ConditionRequest(spec.width, spec.height, num_frames, spec.seed, images)
+        return await self.stages.encode_conditioning(request)
 
     async def given_frames(self, job: JobRecord, job_plan: JobPlan) -> FrameCondition | None:
         """The whole video's frame condition: given latent frames and their mask, or None."""

@@ -69,11 +69,15 @@ def select_mode(request: GenerationRequest, card: ModelCard) -> ModeRules:
     """The rules of the mode ``request`` selects, if the model serves it: the one place a request's
     mode is checked against the registry and the model's card (FAILED_PRECONDITION when not)."""
     mode = detect_mode(request)
+    rules = rules_for(mode)
     try:
         card.require_mode(mode.value)
+        for option in rules.options:  # an option of the mode the family cannot honour (image_is_last_frame...)
+            if is_set(request, option):
+                card.require_option(option, mode.value)
     except UnsupportedModeError as error:
         raise FailedPreconditionError(str(error)) from None
-    return rules_for(mode)
+    return rules
 
 
 def check_media(rules: ModeRules, media: dict[str, MediaInfo]) -> None:

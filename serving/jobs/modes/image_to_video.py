@@ -1,7 +1,10 @@
 """Image to video (``from_image``): the image is the first frame, or the last with ``image_is_last_frame``.
 
 The image's latent is given (kept clean while the rest is denoised): latent 0 when first; when
-last, the image is encoded as a still group and placed at the last latent frame."""
+last, the image is encoded as a still group and placed at the last latent frame. A family that
+lists this mode in its card's ``conditioned_modes`` (Wan, LTX-Video) gets the image instead at
+the pixel frame of that placement and makes its own conditioning of it
+(``VideoModel.encode_conditioning``; serving/jobs/sampling.py)."""
 
 from __future__ import annotations
 
