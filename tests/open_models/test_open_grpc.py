@@ -24,7 +24,7 @@ from ray import serve
 from tessera.models.interface import frame_noise
 from tessera.serving.client import TesseraError
 from tessera.serving.media import decode_media
-from tessera.serving.video import encode_mp4
+from tessera.serving.video import encode_mp4, encode_png
 from tests.helpers import ffprobe
 from tests.open_models.conftest import MODEL_NAME, TEXT_LENGTH
 
@@ -78,6 +78,7 @@ def test_a_wan_clip_over_grpc_is_the_pipelines_video(open_stack, tmp_path):
 
 @pytest.mark.parametrize("fields, mode", [
     (dict(loop=True), "loop"),
+    (dict(from_image=encode_png(np.zeros((SIZE, SIZE, 3), dtype=np.uint8))), "image_to_video"),  # a text-to-video folder
     (dict(shots=[{"prompt": "a red circle", "duration_s": 1}, {"prompt": "a blue square", "duration_s": 1}]), "multi_shot"),
 ])
 def test_a_mode_the_card_does_not_list_is_refused_before_model_work(open_stack, fields, mode):
