@@ -10,7 +10,8 @@ over the wire, the VAE's decode.
 
 Faithfulness tolerance: ``FAITHFUL`` = 1e-5 absolute on the latents and 1 uint8 level on frames
 (as tests/models/test_open_wan.py, whose docstring says why there is one); measured: **0**
-(bit-exact) for Wan 2.1 I2V with CLIP and for Wan 2.2 I2V A14B's two experts. Batching image
+(bit-exact) for Wan 2.1 I2V with CLIP, Wan 2.2 I2V A14B's two experts and Wan 2.2 TI2V's
+clean first frame. Batching image
 conditioned items of two jobs in one forward: ``BATCH_TOLERANCE`` = 1e-5.
 """
 
@@ -142,6 +143,34 @@ def test_wan22_i2v_two_experts_reproduce_the_pipeline(tmp_path):
     conditioning = stages["vae"].encode_conditioning(ConditioningRequest({0: image()}, FRAMES, HEIGHT, WIDTH, SEED))
     assert set(conditioning.shared) == set() and set(conditioning.per_frame) == {"condition"}
     check_faithful(stages, folder, 4)
+
+
+def test_wan22_ti2v_keeps_the_image_as_the_first_latent_frame(tmp_path):
+    """Wan 2.2 TI2V's layout (a ``WanPipeline`` folder with ``expand_timesteps``): the image's latent
+    is the clean first latent frame, its tokens at timestep 0; the same folder does text to video."""
+    folder = wan_t2v(tmp_path / "tiny-wan2.2-ti2v", seed=2, expand_timesteps=True)
+    stages = load_stages(folder)
+    card = stages["vae"].card
+    assert {"text_to_video", "image_to_video"} <= card.capabilities.modes
+    conditioning = stages["vae"].encode_conditioning(ConditioningRequest({0: image()}, FRAMES, HEIGHT, WIDTH, SEED))
+    assert conditioning.frames is not None and conditioning.frames.mask.tolist() == [1.0, 0.0, 0.0]
+    assert not conditioning.per_frame and not conditioning.shared
+    model = stages["denoisers"][0]
+    start = conditioning.frames.apply(noise()[0])  # as the sampler starts: the given frame put in
+    text, negative = stages["text"].encode_text([PROMPT, NEGATIVE])
+    latents, state, sigmas = start, None, model.sigmas(STEPS)
+    for index in range(STEPS):
+        work = DenoiseWork(latents, tuple(sigmas[index : index + 2]), text, negative, GUIDANCE, 16.0, frames=conditioning.frames,
+                           solver_state=state, conditioning=conditioning)
+        [result] = stages["denoisers"][index % 2].step_with_state([over_the_wire(work)])
+        latents, state = result.latents, copy.deepcopy(result.solver_state)
+    assert torch.equal(latents[:, 0], conditioning.frames.latents[:, 0])
+    frames = stages["vae"].decode_latents(latents)
+    reference, expected = pipeline_outputs(folder, image(), STEPS, GUIDANCE)
+    difference = (latents - reference).abs().max().item()
+    levels = (frames.int() - expected.int()).abs().max().item()
+    print(f"{folder.name}: latents max |diff| {difference:.3g}, frames {levels} levels")
+    assert difference <= FAITHFUL and levels <= 1
 
 
 def test_image_conditioned_items_of_two_jobs_batch_together(stages):

@@ -40,10 +40,13 @@ def umt5_encoder(d_model: int = 32):
     return UMT5EncoderModel(config).eval()
 
 
-def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0, text_dim: int = 32) -> Path:
+def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shift: float = 3.0, text_dim: int = 32,
+            expand_timesteps: bool = False) -> Path:
     """A tiny Wan 2.1 ``WanPipeline`` (UniPC, as the released folders have), or with
-    ``two_experts`` a Wan 2.2 A14B-style one (``transformer_2`` below ``boundary_ratio`` 0.8).
-    ``text_dim``: the text encoder's width (the released UMT5-XXL: 4096, for conditioning of real size)."""
+    ``two_experts`` a Wan 2.2 A14B-style one (``transformer_2`` below ``boundary_ratio`` 0.8), or
+    with ``expand_timesteps`` a Wan 2.2 TI2V-style one (one timestep per token; image to video by a
+    clean first latent frame). ``text_dim``: the text encoder's width (the released UMT5-XXL: 4096,
+    for conditioning of real size)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -65,6 +68,7 @@ def wan_t2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
         transformer=transformer(),
         transformer_2=transformer() if two_experts else None,
         boundary_ratio=0.8 if two_experts else None,
+        expand_timesteps=expand_timesteps,
     )
     pipe.save_pretrained(folder)
     return folder

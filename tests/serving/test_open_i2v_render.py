@@ -84,6 +84,35 @@ def test_a_wan_image_to_video_job_renders_the_pipelines_video(s3_server, tmp_pat
     assert got.shape == expected.shape and difference.max() <= MAX_LEVELS
 
 
+def test_a_long_image_to_video_job_shares_its_conditioning_per_window(s3_server, tmp_path):
+    """17 frames (5 latent frames) in windows of 3 overlapping by 1: each window's slice of the
+    image's conditioning (its mask and latents channels; the CLIP tokens whole) goes by reference
+    once, and the Denoiser fetches each slice once for all the steps."""
+    from tessera.serving.config import TilingConfig
+
+    folder = wan_i2v(tmp_path / "tiny-wan2.1-i2v")
+    config = TesseraConfig(storage=storage_config_for(s3_server), model=model_config(folder, "wan-i2v-tiny"),
+                           tiling=TilingConfig(window_frames=3, min_overlap_frames=1))
+    request = GenerationRequest(prompt=PROMPT, num_frames=17, width=SIZE, height=SIZE, steps=STEPS, seed=SEED,
+                                skip_prompt_expansion=True, from_image=MediaInput(data=encode_png(picture())))
+
+    async def run():
+        local = LocalTessera(config)
+        await local.start()
+        try:
+            record, _ = await local.render(request)
+            return record, local.engine.renderer.stages._denoiser  # the in-process DenoiserEngine
+        finally:
+            await local.stop()
+
+    record, denoiser = asyncio.run(run())
+    path = tmp_path / "long.mp4"
+    path.write_bytes(LocalTessera(config).store.get_bytes(record.video_key))
+    assert ffprobe(path)["frames"] == 17
+    assert denoiser.conditionings.fetches == 2, "one conditioning slice per window, fetched once for every step"
+    assert denoiser.batcher.steps_run == 2 * STEPS
+
+
 def test_the_card_decides_before_model_work(tmp_path):
     image = MediaInput(data=encode_png(picture()))
     t2v = load_model(model_config(wan_t2v(tmp_path / "t2v"), "wan-2.1-t2v"), parts=()).card
