@@ -63,7 +63,7 @@ def sim_document(
     **sections: Any,
 ) -> dict:
     """A Tessera config document for a SimCluster: the sim model, the CPU stages on the head with
-    small CPU reservations, the Denoiser and Decoder on GPUs (1 each, no CPU), the Denoiser's calls
+    small CPU reservations, the Denoiser and Decoder on GPUs (1 each, no CPU), both stages' calls
     routed to the least loaded replica (serving/routing.py; Serve's default router piles a step
     group's calls on few replicas: bench/results/sim_scaling_power_of_two.json), jobs admitted
     generously. ``denoiser``/``decoder`` update those deployments' entries (e.g.
@@ -82,7 +82,8 @@ def sim_document(
                          "max_queued_requests": 4096, "torch_threads": 1, "request_router": "least_loaded",
                          **(denoiser or {})},
             "decoder": {"num_cpus": 0, "num_gpus": 1, "num_replicas": 1, "max_ongoing_requests": 8,
-                        "max_queued_requests": 1024, "torch_threads": 1, **(decoder or {})},
+                        "max_queued_requests": 1024, "torch_threads": 1, "request_router": "least_loaded",
+                        **(decoder or {})},
         },
     }
     for name, value in sections.items():
