@@ -1,10 +1,17 @@
 """Decoder stage: latent time tiles to pixels (video VAE) to H.264 (PyAV); and the way back,
 input images and videos to latents (the VAE's encoder), for the modes that start from them, or to
 the family's own conditioning (``VideoModel.encode_conditioning``: Wan's image channels and CLIP
-tokens, LTX-Video's first frame), which the image encoders loaded beside the VAE compute."""
+tokens, LTX-Video's first frame), which the image encoders loaded beside the VAE compute.
+
+A replica decodes one tile at a time (one model thread); the tiles waiting for it go highest
+priority first (:class:`PriorityGate`), so an interactive clip's tile does not wait behind the
+tiles a batch video keeps in flight (``tiling.decode_ahead`` per job)."""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
 
 import torch
@@ -20,9 +27,57 @@ from tessera.serving.stages import ConditionRequest, DecodedTile, DecodeTileRequ
 from tessera.serving.video import VideoEncodingConfig, encode_mp4, encode_png
 
 
+class PriorityGate:
+    """One holder at a time; waiters enter highest ``priority`` first, in arrival order within a
+    priority. Used as ``async with gate.hold(priority):``."""
+
+    def __init__(self):
+        self._held = False
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, future in self._waiting if not future.done())
+
+    async def acquire(self, priority: int) -> None:
+        if not self._held and not self.waiting:
+            self._held = True
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # handed the gate as it was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            *_, future = heapq.heappop(self._waiting)
+            if not future.done():
+                future.set_result(None)  # the gate passes straight to it: still held
+                return
+        self._held = False
+
+    def hold(self, priority: int):
+        gate = self
+
+        class _Held:
+            async def __aenter__(self):
+                await gate.acquire(priority)
+
+            async def __aexit__(self, *exc):
+                gate.release()
+
+        return _Held()
+
+
 class DecoderEngine:
     def __init__(self, model_config: ModelConfig, video: VideoEncodingConfig, threads: int | None = None):
         self._thread = ModelThread(threads)
+        self._gate = PriorityGate()
         self._video = video
         self.model = load_model(model_config, parts={"vae"})
 
@@ -48,7 +103,8 @@ class DecoderEngine:
         return tile
 
     async def decode_tile(self, request: DecodeTileRequest) -> DecodedTile:
-        return await self._thread.run(self._decode, request)
+        async with self._gate.hold(request.priority):
+            return await self._thread.run(self._decode, request)
 
     def _encode(self, request: EncodeRequest) -> torch.Tensor:
         sources = [x is not None for x in (request.media, request.frames, request.latents)]

@@ -182,6 +182,8 @@ class DecodeTileRequest:
     """Index within this tile of the frame to return as the poster PNG, if any."""
     encode_video: bool = True
     """False for a still image: only the poster PNG comes back (``mp4`` is empty)."""
+    priority: int = 0
+    """The job's priority: a Decoder replica decodes its waiting tiles highest first (interactive >= 0, batch < 0)."""
 
 
 @dataclasses.dataclass

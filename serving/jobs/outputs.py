@@ -165,7 +165,7 @@ class OutputWriter:
         spec = job.spec
         decoded = await self.stages.decode_tile(DecodeTileRequest(
             index=0, latents=latents[:, :1].contiguous(), context_frames=0, first_frame=0, num_frames=1, fps=spec.fps,
-            poster_frame=0, encode_video=False,
+            poster_frame=0, encode_video=False, priority=spec.priority,
         ))
         if decoded.poster_png is None:
             raise RuntimeError("the decoder returned no image")
@@ -188,7 +188,7 @@ class OutputWriter:
             return DecodeTileRequest(
                 index=tile.index, latents=latents[:, tile.input_start : tile.stop].contiguous(), context_frames=tile.context,
                 first_frame=tile.first_frame, num_frames=tile.num_frames, fps=spec.fps,
-                poster_frame=(poster_frame - tile.first_frame) if inside else None,
+                poster_frame=(poster_frame - tile.first_frame) if inside else None, priority=spec.priority,
             )
 
         poster: bytes | None = None
