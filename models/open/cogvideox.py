@@ -17,8 +17,15 @@ The split, reusing the pipeline's own components and functions:
   both travel in ``solver_state``; a first step without one seeds the generator from the latents.
 * **vae** — ``AutoencoderKLCogVideoX``, ``latents / scaling_factor`` as the pipeline decodes.
 
-Modes: text to video. CogVideoX 1.5 (``patch_size_t`` 2) pads the latent video at its start with
-frames that are never decoded, which does not fit Tessera's latent time grid; it is refused.
+Modes: text to video. CogVideoX 1.5 (``patch_size_t`` 2) is refused: its transformer patches
+pairs of latent frames, so for an odd latent count (81 frames: 21) ``CogVideoXPipeline.__call__``
+adds ``patch_size_t - T % patch_size_t`` latent frames *in front* (``num_frames += 4``), denoises
+them with the video (their noise is part of every token's attention) and drops them before
+decoding (``latents[:, additional_frames:]``). Faithful serving needs latent frames before the
+decoded video's first one, which Tessera's latent time grid (latent frame 0 is pixel frame 0;
+plans, windows, decode tiles and given frames all index from it) does not have; an even count
+(e.g. 85 frames: 22) has no padding, but then every request of an odd count is one the pipeline
+renders differently.
 """
 
 from __future__ import annotations
@@ -70,8 +77,10 @@ class CogVideoXModel(OpenVideoModel):
         vae, transformer = folder.config("vae"), folder.config("transformer")
         if transformer.get("patch_size_t") is not None:
             raise ValueError(
-                f"{folder.path} is CogVideoX 1.5 (patch_size_t {transformer['patch_size_t']}): its pipeline pads the latent "
-                "video with frames that are never decoded, which Tessera's latent time grid cannot place; only CogVideoX 1.0 is served"
+                f"{folder.path} is CogVideoX 1.5 (patch_size_t {transformer['patch_size_t']}): its pipeline pads an odd "
+                "number of latent frames with latent frames in front of the video, denoised with it and dropped before "
+                "decoding, which Tessera's latent time grid (latent frame 0 is pixel frame 0) cannot place; only "
+                "CogVideoX 1.0 is served"
             )
         spatial = 2 ** (len(vae["block_out_channels"]) - 1)
         temporal = int(vae.get("temporal_compression_ratio", 4))

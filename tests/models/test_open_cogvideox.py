@@ -76,3 +76,15 @@ def test_dpm_without_state_is_reproducible_and_refuses_off_schedule_levels(tmp_p
     assert model.card.capabilities.modes == {"text_to_video"}
     with pytest.raises(ValueError, match="must lie on its CogVideoXDPMScheduler schedule"):
         model.step([DenoiseWork(noise()[0], (0.5531, sigmas[2]), text, negative, GUIDANCE, 8.0)])
+
+
+def test_cogvideox_15_is_refused_with_the_reason(tmp_path):
+    """CogVideoX 1.5's transformer patches pairs of latent frames (``patch_size_t`` 2); its pipeline
+    pads an odd count with latent frames in front, denoised and dropped: refused at load, by the card."""
+    import json
+
+    folder = cogvideox_t2v(tmp_path / "tiny-cogvideox")
+    transformer = folder / "transformer" / "config.json"
+    transformer.write_text(json.dumps({**json.loads(transformer.read_text()), "patch_size_t": 2}))
+    with pytest.raises(ValueError, match="is CogVideoX 1.5 \\(patch_size_t 2\\): its pipeline pads an odd number of latent frames"):
+        load_model(config(folder), parts=())
