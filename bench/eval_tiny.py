@@ -48,6 +48,14 @@ MAIN_SIZES = {"square": (64, 64), "landscape": (96, 64), "portrait": (64, 96), "
 EXTRA_SIZES = {"32x32": (32, 32), "128x128": (128, 128), "256x144": (256, 144), "144x256": (144, 256), "256x256": (256, 256)}
 
 
+def model_section(weights: Path | None) -> dict:
+    """The ``model`` config of a weights folder: its variant is the name in its config.json."""
+    if weights is None:
+        return {"family": "native"}
+    variant = json.loads((Path(weights) / "config.json").read_text())["name"]
+    return {"family": "native", "variant": variant, "weights_dir": str(weights)}
+
+
 def _expected(spec: ClipSpec) -> dict[str, str]:
     return spec.attributes()
 
@@ -145,7 +153,7 @@ def long_tiled_set(weights: Path | None, count: int, seconds: float, steps: int)
     requests = [GenerationRequest(prompt=f"a {colours[i % 6]} {('circle', 'square')[i % 2]} moving {DIRECTIONS[i % 4]}",
                                   duration_s=seconds, width=64, height=64, fps=8, steps=steps, seed=500 + i)
                 for i in range(count)]
-    model = {"family": "native"} if weights is None else {"family": "native", "weights_dir": str(weights)}
+    model = model_section(weights)
 
     async def render_all(storage: dict) -> list[tuple[GenerationRequest, np.ndarray, dict]]:
         local = LocalTessera(TesseraConfig.model_validate({"model": model, "storage": storage}))
@@ -222,7 +230,7 @@ import torch
 from tessera.models import NativeModelConfig, load_model
 from tessera.models.native.generate import generate_video
 t1 = time.perf_counter()
-model = load_model(NativeModelConfig(weights_dir={repr(str(weights)) if weights else None}, torch_threads=2))
+model = load_model(NativeModelConfig(**{model_section(weights)!r}, torch_threads=2))
 t2 = time.perf_counter()
 video = generate_video(model, "a red circle moving right", width=64, height=64, num_frames=16, fps=8.0, steps=25)
 t3 = time.perf_counter()
@@ -239,7 +247,7 @@ def group_summary(scores, predicate) -> dict:
 
 def evaluate(weights: Path | None, *, quick: bool, steps: int, seed: int) -> dict:
     torch.set_num_threads(2)
-    model = load_model(NativeModelConfig(weights_dir=weights, torch_threads=2))
+    model = load_model(NativeModelConfig(**model_section(weights), torch_threads=2))
     guidance = model.card.limits.default_guidance_scale
     scale = 4 if quick else 1
     rng = np.random.default_rng(seed)
