@@ -11,6 +11,7 @@ FAILED_PRECONDITION naming the model, before any model work."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -64,6 +65,9 @@ def test_a_wan_image_to_video_job_renders_the_pipelines_video(s3_server, tmp_pat
     path.write_bytes(store.get_bytes(record.video_key))
     info = ffprobe(path)
     assert (info["width"], info["height"], info["codec"], info["frames"]) == (SIZE, SIZE, "h264", FRAMES)
+    manifest = json.loads(store.get_bytes(record.manifest_key))
+    assert manifest["mode"] == "image_to_video"
+    assert manifest["image_to_video"] == {"conditioning": "model", "last_frame": False}  # the family's own, not a kept frame
 
     from diffusers import WanImageToVideoPipeline
     from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v

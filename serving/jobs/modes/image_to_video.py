@@ -8,11 +8,14 @@ the pixel frame of that placement and makes its own conditioning of it
 
 from __future__ import annotations
 
-from tessera.models.interface import TimeGrid
+from collections.abc import Sequence
+
+from tessera.models.interface import TimeGrid, VideoModel
 from tessera.serving.jobs.layout import JobPlan, Placement
 from tessera.serving.jobs.modes.base import IMAGE, ModeRules, ResolveContext
 from tessera.serving.jobs.planner import RenderPlan, TilingOptions
 from tessera.serving.jobs.spec import GenerationRequest, Mode, RenderSpec, ResolvedInput
+from tessera.serving.stages import Conditioning
 
 
 class ImageToVideo(ModeRules):
@@ -24,6 +27,11 @@ class ImageToVideo(ModeRules):
     def resolve(self, request: GenerationRequest, context: ResolveContext) -> dict:
         image = ResolvedInput(name="from_image", info=context.media["from_image"], frame_indices=(0,))
         return {"num_frames": context.requested_frames, "inputs": (image,), "image_is_last_frame": request.image_is_last_frame}
+
+    def manifest(self, spec: RenderSpec, plan: JobPlan, model: VideoModel, conditionings: Sequence[Conditioning]) -> dict:
+        """How the model was conditioned on the image: its own payload (``conditioned_modes``) or a kept latent frame."""
+        own = self.mode.value in model.card.capabilities.conditioned_modes
+        return {"image_to_video": {"conditioning": "model" if own else "frame_mask", "last_frame": spec.image_is_last_frame}}
 
     def plan(self, spec: RenderSpec, render: RenderPlan, grid: TimeGrid, options: TilingOptions) -> JobPlan:
         last = spec.image_is_last_frame
