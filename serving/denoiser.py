@@ -223,6 +223,10 @@ class DenoiserEngine:
         self.batcher = StepBatcher(self.model, ModelThread(threads), policy)
 
     async def _resolve(self, work: StepWork) -> DenoiseWork:
+        if work.latents is None:  # a first step group from pure noise: drawn here, not shipped
+            if work.noise is None:
+                raise ValueError("a work item needs latents or the noise to draw them from")
+            work = dataclasses.replace(work, latents=await asyncio.to_thread(work.noise.latents, self.model.add_noise))
         conditioning = await self.conditionings.get(work.conditioning) if work.conditioning is not None else None
         work_item = work.resolve(*await self.texts.get(work.text), conditioning)
         if len(work_item.sigmas) < 2:
@@ -236,7 +240,7 @@ class DenoiserEngine:
             yield update
 
     async def _advance_all(self, step_work: StepWork) -> StepResult:
-        result = StepResult(step_work.latents, step_work.solver_state)
+        result = None  # a work item has at least one step (checked when resolved)
         async for _, result in self._steps(step_work):
             pass
         return result

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
-from tessera.models.interface import DenoiseWork, FrameCondition, ModelConditioning, StepResult, TextConditioning
+from tessera.models.interface import DenoiseWork, FrameCondition, ModelConditioning, StepResult, TextConditioning, frame_noise
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,12 +104,34 @@ class SharedConditioning:
         return digest.hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowNoise:
+    """A window's starting latents, drawn by the Denoiser replica that advances it: the job's noise
+    for latent frames ``start .. stop - 1`` at the first noise level. ``frame_noise`` draws every
+    latent frame from its own generator, so this is the slice of the whole video's noise bit for
+    bit. A job that starts from pure noise sends this in its first step group instead of the
+    latents, so no noise crosses the network (an 832x480 window of 21 latent frames is 8.4 MB, a
+    150 s video's 32 windows 268 MB through the JobRunner)."""
+
+    seed: int
+    start: int
+    stop: int
+    frame_shape: tuple[int, int, int]
+    """(C, H, W) of one latent frame."""
+    sigma: float
+
+    def latents(self, add_noise: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
+        """``(C, stop - start, H, W)``, with the model's ``add_noise`` (from zeros: pure noise at ``sigma``)."""
+        noise = frame_noise(self.seed, self.start, self.stop, self.frame_shape)
+        return add_noise(torch.zeros_like(noise), noise, self.sigma)
+
+
 @dataclasses.dataclass
 class StepWork:
     """One time window to advance, as sent to the Denoiser: :class:`DenoiseWork` with the text
     conditioning by reference (see :class:`SharedText`)."""
 
-    latents: torch.Tensor  # (C, T, H, W) at noise level sigmas[0]
+    latents: torch.Tensor | None  # (C, T, H, W) at noise level sigmas[0]; None: drawn from ``noise``
     sigmas: tuple[float, ...]
     text: SharedText
     guidance_scale: float
@@ -123,6 +145,8 @@ class StepWork:
     conditioning: SharedConditioning | None = None
     """The window's share of the family's own conditioning (modes in the card's ``conditioned_modes``);
     its given frames, if any, travel inside it rather than in ``frames``."""
+    noise: WindowNoise | None = None
+    """Where ``latents`` is None: the pure noise the window starts from, drawn on the replica."""
 
     def resolve(self, text: TextConditioning, negative: TextConditioning | None,
                 conditioning: ModelConditioning | None = None) -> DenoiseWork:

@@ -1,6 +1,8 @@
 """The sampling loop of one job: from noise (or a checkpoint) to the whole video's clean latents.
 
-One shared noise tensor covers the whole video; each step group advances every window with
+One noise tensor covers the whole video (every latent frame from its own generator); a job that
+starts from pure noise does not ship it: each window's Denoiser replica draws its own slice in
+the first step group (``WindowNoise``). Each step group advances every window with
 its slice of the frame condition (batched calls spread over the Denoiser's replicas, whichever
 is free takes each; a lone window is one streamed call with per-step progress), then overlaps
 are fused with the plan's weights and given frames put back exactly. After every group the
@@ -26,7 +28,7 @@ from tessera.serving.jobs.inputs import read_input
 from tessera.serving.jobs.layout import JobPlan, Placement
 from tessera.serving.jobs.planner import Window, window_batches
 from tessera.serving.jobs.records import JobRecord
-from tessera.serving.stages import ConditionRequest, EncodeRequest, SharedConditioning, SharedText, Stages, StepWork
+from tessera.serving.stages import ConditionRequest, EncodeRequest, SharedConditioning, SharedText, Stages, StepWork, WindowNoise
 from tessera.serving.storage import ObjectStore
 
 
@@ -77,8 +79,12 @@ class Sampler:
                 lambda: [self.stages.share_conditioning(conditioning.window(w.start, w.stop)) for w in windows])
         else:
             given = await self.given_frames(job, job_plan)
+        latents: torch.Tensor | None
         if resume is not None:
             groups_done, latents = resume
+        elif job_plan.init is None and given is None and job_plan.roll(0) == 0:
+            # Pure noise: each window's replica draws its own slice (WindowNoise), nothing shipped.
+            groups_done, latents = 0, None
         else:
             groups_done = 0
             clean = (await self.encode([job_plan.init], job))[0] if job_plan.init is not None else None
@@ -95,14 +101,16 @@ class Sampler:
         return given.apply(latents) if given is not None else latents
 
     async def _sample(
-        self, spec, job_plan: JobPlan, window_texts: Sequence[SharedText], latents: torch.Tensor,
+        self, spec, job_plan: JobPlan, window_texts: Sequence[SharedText], latents: torch.Tensor | None,
         given: FrameCondition | None, sigmas: list[float], hooks: SamplingHooks, groups_done: int,
         shared: Sequence[SharedConditioning | None] = (),
     ) -> torch.Tensor:
         """Advance ``latents`` through the step groups from ``groups_done`` on: every window in
         parallel, then fusion. A loop's circle is rotated by the plan's roll before each group
-        and rotated back after, so its end and its start are denoised as neighbours."""
+        and rotated back after, so its end and its start are denoised as neighbours. ``latents``
+        None: the job's pure noise at ``sigmas[0]``, drawn by the replicas in the first group."""
         windows = job_plan.render.windows
+        channels, latent_frames, height, width = job_plan.render.latent_shape
         shared = list(shared) or [None] * len(windows)
         groups = job_plan.step_groups(len(sigmas) - 1)
         if groups_done:
@@ -115,8 +123,13 @@ class Sampler:
             roll = job_plan.roll(index)
             if roll and any(shared):
                 raise ValueError("a family's own conditioning is sliced per window and cannot roll with a loop")
-            rolled, works = await asyncio.to_thread(self._works, spec, windows, window_texts, latents, given, group_sigmas,
-                                                    roll, state, shared)
+            if latents is None:
+                works = [self._work(spec, w, t, None, None, group_sigmas, None, c,
+                                    WindowNoise(spec.seed, w.start, w.stop, (channels, height, width), group_sigmas[0]))
+                         for w, t, c in zip(windows, window_texts, shared, strict=True)]
+            else:
+                _, works = await asyncio.to_thread(self._works, spec, windows, window_texts, latents, given, group_sigmas,
+                                                   roll, state, shared)
             outputs: list[torch.Tensor | None] = [
                 None if work is not None else given.latents[:, w.start : w.stop].clone() for w, work in zip(windows, works)
             ]
@@ -141,8 +154,8 @@ class Sampler:
                         raise RuntimeError(f"the denoiser returned {len(batch_results)} windows for a batch of {len(batch)}")
                     for i, result in zip(batch, batch_results):
                         outputs[i], states[i] = result.latents, result.solver_state
-            latents = await asyncio.to_thread(self._combine, windows, outputs, rolled.shape[1], given, roll)
-            state = await asyncio.to_thread(combine_states, windows, states, rolled.shape[1], roll)
+            latents = await asyncio.to_thread(self._combine, windows, outputs, latent_frames, given, roll)
+            state = await asyncio.to_thread(combine_states, windows, states, latent_frames, roll)
             if len(windows) > 1:
                 hooks.on_step(last)
             await hooks.after_group(index + 1, latents)
@@ -161,10 +174,12 @@ class Sampler:
         ]
 
     @staticmethod
-    def _work(spec, window: Window, text: SharedText, latents: torch.Tensor, given: FrameCondition | None,
-              sigmas: tuple[float, ...], state: SolverState = None, conditioning: SharedConditioning | None = None) -> StepWork | None:
+    def _work(spec, window: Window, text: SharedText, latents: torch.Tensor | None, given: FrameCondition | None,
+              sigmas: tuple[float, ...], state: SolverState = None, conditioning: SharedConditioning | None = None,
+              noise: WindowNoise | None = None) -> StepWork | None:
         """The window's work item; None when all its frames are given (nothing to generate). With
-        the family's own conditioning, the given frames travel inside it (by reference)."""
+        the family's own conditioning, the given frames travel inside it (by reference). With
+        ``noise`` (``latents`` None), the replica draws the window's starting latents."""
         frames = None
         if given is not None:
             mask = given.mask[window.start : window.stop]
@@ -173,9 +188,9 @@ class Sampler:
             if bool(mask.any()) and conditioning is None:
                 frames = FrameCondition(given.latents[:, window.start : window.stop].contiguous(), mask.contiguous())
         return StepWork(
-            latents=latents[:, window.start : window.stop].contiguous(), sigmas=sigmas, text=text,
-            guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority, solver_state=state,
-            conditioning=conditioning,
+            latents=latents[:, window.start : window.stop].contiguous() if latents is not None else None, sigmas=sigmas,
+            text=text, guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority,
+            solver_state=state, conditioning=conditioning, noise=noise,
         )
 
     @staticmethod
