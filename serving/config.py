@@ -204,9 +204,13 @@ class StepBatchingConfig(_Strict):
         "windows in flight never wait (newcomers join them at the next step)."
     )
     aging_s: float = Field(
-        2.0, gt=0, description="Seconds a waiting step needs to climb one priority level: interactive steps (priority "
-        ">= 0) go ahead of batch steps (priority < 0) at every step boundary, and batch steps still run within "
-        "about (priority gap x aging_s) under load, so they are never starved."
+        2.0, gt=0, description="Seconds a waiting step needs to climb one priority level within its class (interactive: "
+        "priority >= jobs.interactive_min_priority; batch: below)."
+    )
+    starvation_s: float = Field(
+        10.0, gt=0, description="Interactive steps go ahead of batch steps at every step boundary, unless the replica has "
+        "run no batch forward for this long while batch steps waited: then one batch forward goes first, so batch "
+        "work is slowed under interactive load, never starved."
     )
     mix_classes: bool = Field(
         False, description="Let interactive and batch steps (jobs.interactive_min_priority) share a forward: more "

@@ -104,6 +104,8 @@ class StepBatcher:
         self._model_name = f"{card.family}/{card.name}"
         self._patch_cells = math.prod(card.geometry.patch_size)
         self._queue_priorities: set[str] = set()
+        self._batch_run_at: float | None = None
+        """When this replica last started a forward of batch steps (monotonic), for the scheduler's starvation bound."""
 
     @property
     def pending(self) -> int:
@@ -165,7 +167,7 @@ class StepBatcher:
         while True:
             self._arrived.clear()
             decision = next_batch([step for step, _ in self._pending.values()], time.monotonic(), self.policy,
-                                  self._capacity)
+                                  self._capacity, self._batch_run_at)
             if decision is None:
                 await self._arrived.wait()
                 continue
@@ -176,6 +178,8 @@ class StepBatcher:
                     pass
                 continue
             windows = [self._pending.pop(step_id)[1] for step_id in decision.ids]
+            if any(window.priority < self.policy.interactive_min_priority for window in windows):
+                self._batch_run_at = time.monotonic()
             record_denoiser_queue(self._model_name, self.pending_by_priority(), self._queue_priorities)
             await self._forward(windows)
 
@@ -219,7 +223,7 @@ class DenoiserEngine:
         self.conditionings = TextCache(capacity=16)
         """The families' own conditionings (image to video), by content key, like the texts."""
         policy = BatchPolicy(batching.max_batch_items, batching.max_wait_s, batching.aging_s, interactive_min_priority,
-                             batching.mix_classes)
+                             batching.mix_classes, batching.starvation_s)
         self.batcher = StepBatcher(self.model, ModelThread(threads), policy)
 
     async def _resolve(self, work: StepWork) -> DenoiseWork:

@@ -9,10 +9,16 @@ at once, a newly arrived one joins at the next step boundary).
 
 The rules, in order:
 
-1. **Urgency** picks the head of the next batch: the job's priority plus one level per
-   ``aging_s`` seconds the step has waited. Interactive work (priority 0 and up) goes ahead of
-   batch work (negative priorities) at every step boundary, and batch work that keeps waiting
-   climbs until it runs: it is slowed down under load, never starved.
+1. **Class first**: interactive work (priority 0 and up) goes ahead of batch work (negative
+   priorities) at every step boundary, unless the replica has run no batch forward for
+   ``starvation_s`` while batch steps waited (the caller says when it last ran each class):
+   then one batch forward goes first. Batch work is slowed down under load, never starved, and
+   how long batch steps waited behind *other batch steps* never lets them pass interactive
+   work (with seconds-long forwards it did: a batch step that waited one forward of its own
+   class outranked a fresh interactive step, and a 5 s clip's four steps each waited behind
+   batch forwards, 15-20 s instead of 2, bench/results/sim_traffic.json of commit 340125a).
+   **Urgency** then picks the head within the class: the job's priority plus one level per
+   ``aging_s`` seconds the step has waited.
 2. The batch is the head and the most urgent steps that can share its forward (equal
    ``key``: same latent shape, sampler and guidance mode), up to ``capacity``: the smaller of
    the config's ``max_batch_items`` and the model's memory bound for that key. Unless
@@ -60,6 +66,8 @@ class BatchPolicy:
     """Steps of jobs with at least this priority are interactive, the rest batch work."""
     mix_classes: bool = False
     """Whether interactive and batch steps may share a forward (more throughput, slower interactive steps)."""
+    starvation_s: float = 10.0
+    """Longest batch steps wait while the replica runs only interactive forwards."""
 
     def __post_init__(self) -> None:
         if self.max_batch_items < 1:
@@ -68,6 +76,8 @@ class BatchPolicy:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
         if self.aging_s <= 0:
             raise ValueError(f"aging_s must be > 0, got {self.aging_s}")
+        if self.starvation_s <= 0:
+            raise ValueError(f"starvation_s must be > 0, got {self.starvation_s}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +103,29 @@ def _order(step: PendingStep, now: float, policy: BatchPolicy) -> tuple[float, f
 
 def next_batch(
     pending: Sequence[PendingStep], now: float, policy: BatchPolicy, capacity: Mapping[Hashable, int | None] | None = None,
+    batch_run_at: float | None = None,
 ) -> RunBatch | WaitUntil | None:
     """The next forward's steps, a time to decide again, or None when nothing is pending.
 
     ``capacity`` maps a batch key to the model's bound on steps per forward (None or missing:
-    only the policy's ``max_batch_items``)."""
+    only the policy's ``max_batch_items``). ``batch_run_at``: when the replica last started a
+    forward of batch steps (None: not yet)."""
     if not pending:
         return None
-    ranked = sorted(pending, key=lambda step: _order(step, now, policy))
+
+    def interactive(step: PendingStep) -> bool:
+        return step.priority >= policy.interactive_min_priority
+
+    batch_steps = [step for step in pending if not interactive(step)]
+    first_class = True  # interactive
+    if len(batch_steps) == len(pending):
+        first_class = False
+    elif batch_steps:
+        waiting_since = min(step.ready_at for step in batch_steps)
+        if batch_run_at is not None:
+            waiting_since = max(waiting_since, batch_run_at)
+        first_class = now - waiting_since < policy.starvation_s
+    ranked = sorted(pending, key=lambda step: (interactive(step) != first_class, *_order(step, now, policy)))
     head = ranked[0]
     bound = (capacity or {}).get(head.key)
     limit = policy.max_batch_items if bound is None else max(1, min(bound, policy.max_batch_items))

@@ -37,30 +37,42 @@ def test_the_head_decides_the_shape_so_higher_priority_work_of_another_shape_goe
     assert next_batch(pending, 0.2, POLICY) == RunBatch((3,))
 
 
-def test_waiting_batch_work_climbs_until_it_outranks_fresh_interactive_work():
+def test_batch_work_goes_first_only_when_the_replica_ran_no_batch_forward_for_the_starvation_bound():
+    policy = BatchPolicy(max_batch_items=4, max_wait_s=0.01, aging_s=1.0, starvation_s=5.0)
     old_batch = step(1, A, priority=-2, ready_at=0.0)
-    assert urgency(old_batch, 3.0, POLICY) == pytest.approx(1.0)
-    new_interactive = step(2, B, priority=0, ready_at=2.9)
-    assert next_batch([old_batch, new_interactive], 1.0, POLICY) == RunBatch((2,))  # not yet old enough
-    assert next_batch([old_batch, new_interactive], 3.0, POLICY) == RunBatch((1,))
+    new_interactive = step(2, B, priority=0, ready_at=4.9)
+    assert urgency(old_batch, 3.0, policy) == pytest.approx(1.0)  # aging ranks within a class only
+    assert next_batch([old_batch, new_interactive], 4.9, policy) == RunBatch((2,))
+    assert next_batch([old_batch, new_interactive], 5.0, policy) == RunBatch((1,))  # starved: one batch forward
+    # A batch forward ran at 3.0: the batch class was served, so interactive goes first again.
+    assert next_batch([old_batch, new_interactive], 6.0, policy, batch_run_at=3.0) == RunBatch((2,))
+
+
+def test_batch_steps_that_waited_behind_batch_forwards_do_not_pass_fresh_interactive_steps():
+    """Seconds-long forwards: batch steps left out of the last (batch) forward have waited a
+    whole forward; a fresh interactive step still goes first."""
+    policy = BatchPolicy(max_batch_items=2, max_wait_s=0.0, aging_s=1.0, starvation_s=10.0)
+    waited = [step(i, A, priority=-1, ready_at=0.0, fresh=False) for i in (1, 2, 3)]
+    fresh = step(9, B, priority=0, ready_at=4.0)
+    assert next_batch([*waited, fresh], 4.0, policy, batch_run_at=0.5) == RunBatch((9,))
 
 
 def test_a_saturating_interactive_stream_still_lets_batch_work_through():
     """Simulate a replica that runs one forward per second, each new interactive step fresh at
-    the start of that second: batch steps still run, at least once every (gap x aging_s)."""
-    policy = BatchPolicy(max_batch_items=1, max_wait_s=0.0, aging_s=1.0)
+    the start of that second: batch steps still run, one forward every ``starvation_s``."""
+    policy = BatchPolicy(max_batch_items=1, max_wait_s=0.0, aging_s=1.0, starvation_s=3.0)
     batch_ids, interactive_id = [100, 101, 102], 0
     pending = [step(i, priority=-3, ready_at=0.0) for i in batch_ids]
-    ran_batch_at = []
+    ran_batch_at, batch_run_at = [], None
     for second in range(20):
         interactive_id += 1
         pending.append(step(interactive_id, priority=0, ready_at=float(second)))
-        (chosen,) = next_batch(pending, float(second), policy).ids
+        (chosen,) = next_batch(pending, float(second), policy, batch_run_at=batch_run_at).ids
         pending = [p for p in pending if p.id != chosen]
         if chosen >= 100:
             ran_batch_at.append(second)
-    assert len(ran_batch_at) == 3
-    assert ran_batch_at[0] <= 4
+            batch_run_at = float(second)
+    assert ran_batch_at == [3, 6, 9]  # starved 3 s: one batch forward, then interactive again
 
 
 def test_capacity_from_the_memory_model_caps_the_batch():
@@ -90,6 +102,7 @@ def test_equal_urgency_runs_the_oldest_first():
     ({"max_batch_items": 0, "max_wait_s": 0, "aging_s": 1}, "max_batch_items"),
     ({"max_batch_items": 1, "max_wait_s": -1, "aging_s": 1}, "max_wait_s"),
     ({"max_batch_items": 1, "max_wait_s": 0, "aging_s": 0}, "aging_s"),
+    ({"max_batch_items": 1, "max_wait_s": 0, "aging_s": 1, "starvation_s": 0}, "starvation_s"),
 ])
 def test_policy_is_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
