@@ -16,7 +16,7 @@ The rules, in order:
    how long batch steps waited behind *other batch steps* never lets them pass interactive
    work (with seconds-long forwards it did: a batch step that waited one forward of its own
    class outranked a fresh interactive step, and a 5 s clip's four steps each waited behind
-   batch forwards, 15-20 s instead of 2, bench/results/sim_traffic.json of commit 340125a).
+   batch forwards, 15-20 s instead of 2, bench/results/sim_traffic_aging_across_classes.json, commit a4884bd).
    **Urgency** then picks the head within the class: the job's priority plus one level per
    ``aging_s`` seconds the step has waited.
 2. The batch is the head and the most urgent steps that can share its forward (equal
