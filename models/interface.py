@@ -352,6 +352,9 @@ class DenoiseWork:
     conditioning: ModelConditioning | None = None
     """The family's own conditioning of this window (:meth:`ModelConditioning.window`), for modes
     the card lists in ``conditioned_modes``; None otherwise."""
+    starts_video: bool = True
+    """The window's first latent frame is the video's first (False: a time tile that starts
+    mid-video). A family may condition on it (the native tiny model: where objects enter)."""
 
 
 @dataclasses.dataclass

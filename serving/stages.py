@@ -147,13 +147,15 @@ class StepWork:
     its given frames, if any, travel inside it rather than in ``frames``."""
     noise: WindowNoise | None = None
     """Where ``latents`` is None: the pure noise the window starts from, drawn on the replica."""
+    starts_video: bool = True
+    """The window's first latent frame is the video's first (see :class:`DenoiseWork`)."""
 
     def resolve(self, text: TextConditioning, negative: TextConditioning | None,
                 conditioning: ModelConditioning | None = None) -> DenoiseWork:
         frames = self.frames if self.frames is not None or conditioning is None else conditioning.frames
         return DenoiseWork(latents=self.latents, sigmas=self.sigmas, text=text, negative_text=negative,
                            guidance_scale=self.guidance_scale, fps=self.fps, frames=frames, sampler=self.sampler,
-                           solver_state=self.solver_state, conditioning=conditioning)
+                           solver_state=self.solver_state, conditioning=conditioning, starts_video=self.starts_video)
 
 
 class TextCache:

@@ -91,6 +91,12 @@ class DiTConfig(BaseModel):
         description="Head channels given to the (t, h, w) rotary axes (each even, summing to the head "
         "size); None splits evenly with the remainder to time.",
     )
+    video_start_embedding: bool = Field(
+        False,
+        description="Condition on whether the window's first latent frame is the video's first (an "
+        "embedding added to the timestep's): where objects enter, a window that starts a video and one "
+        "that starts mid-video have different priors (models/train/README_v2.md).",
+    )
 
 
 class TextEncoderConfig(BaseModel):
@@ -176,7 +182,7 @@ VARIANTS: dict[str, NativeConfig] = {
     "tiny-v2": NativeConfig(
         name="tiny-v2",
         vae=VAEConfig(latent_channels=8, full_rate_decoder_stages=1),
-        dit=DiTConfig(hidden_size=160, depth=5, num_heads=4),
+        dit=DiTConfig(hidden_size=160, depth=5, num_heads=4, video_start_embedding=True),
         sampler=SamplerConfig(shift=3.0),
     ),
     # Realistic sizes for GPU benchmarks; no shipped weights.

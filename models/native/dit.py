@@ -142,6 +142,8 @@ class DiT(nn.Module):
         self.patch_embed = nn.Conv3d(in_channels, hidden, kernel_size=config.patch_size, stride=config.patch_size)
         self.time_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.fps_embed = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        # 0: the window starts mid-video, 1: at the video's first latent frame.
+        self.start_embed = nn.Embedding(2, hidden) if config.video_start_embedding else None
         self.text_proj = nn.Sequential(nn.LayerNorm(config.text_dim), nn.Linear(config.text_dim, hidden))
         self.pooled_text = nn.Linear(hidden, hidden)
         self.blocks = nn.ModuleList(DiTBlock(hidden, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
@@ -164,6 +166,8 @@ class DiT(nn.Module):
         for layer in (self.modulation_out[-1], self.proj_out, self.fps_embed[-1], self.pooled_text):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.start_embed is not None:  # zero: a model initialised from one without it behaves the same
+            nn.init.zeros_(self.start_embed.weight)
 
     def check_inputs(self, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> None:
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
@@ -188,6 +192,7 @@ class DiT(nn.Module):
         fps: torch.Tensor,  # (B,)
         known: torch.Tensor | None = None,  # (B, C, T, H, W) clean latents of given frames
         mask: torch.Tensor | None = None,  # (B, T) 1 where a frame is given
+        starts_video: torch.Tensor | None = None,  # (B,) bool: latent frame 0 is the video's first; None: all do
     ) -> torch.Tensor:
         self.check_inputs(latents, text, text_mask)
         b, c, t, h, w = latents.shape
@@ -209,6 +214,9 @@ class DiT(nn.Module):
             + self.fps_embed(sinusoidal_embedding(fps * 10.0, 256).to(x.dtype))
             + self.pooled_text(pooled)
         )  # (B, D)
+        if self.start_embed is not None:
+            flags = torch.ones(b, dtype=torch.long, device=x.device) if starts_video is None else starts_video.to(x.device).long()
+            cond = cond + self.start_embed(flags).to(x.dtype)
 
         angles = rope_angles(grid, rope_split(self.config), self.config.rope_theta, x.device)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (N, head_dim/2)

@@ -230,6 +230,7 @@ class NativeVideoModel(VideoModel):
         tokens, token_mask = tokens.to(device, dtype), token_mask.to(device)
         fps = torch.tensor([item.fps for item in items], dtype=torch.float32, device=device)
         scale = torch.tensor([item.guidance_scale for item in items], dtype=torch.float32, device=device)
+        starts_video = torch.tensor([item.starts_video for item in items], dtype=torch.bool, device=device)
         copies = 2 if use_guidance else 1
 
         def velocity(latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # sigma (B,)
@@ -242,6 +243,7 @@ class NativeVideoModel(VideoModel):
                 fps.repeat(copies).to(dtype),
                 known.repeat(copies, 1, 1, 1, 1).to(dtype),
                 mask.repeat(copies, 1).to(dtype),
+                starts_video.repeat(copies),
             ).float()
             if not use_guidance:
                 return v

@@ -109,7 +109,7 @@ def make_batch(rng: np.random.Generator, buckets, bank, batch_scale: float = 1.0
     tokens = bank.tokens[caption_ids, :longest].float()
     token_mask = torch.arange(longest)[None, :] < bank.lengths[caption_ids][:, None]
     mask = torch.from_numpy(np.stack([frame_mask(rng, length) for _ in range(batch)]))
-    return x0, tokens, token_mask, bucket.fps[clips].float(), mask
+    return x0, tokens, token_mask, bucket.fps[clips].float(), mask, torch.from_numpy(starts == 0)
 
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -162,7 +162,7 @@ def direction_probe(dit: DiT, buckets, bank, seed: int, clips: int = 48, sigma_r
 
 
 def flow_loss(dit: DiT, batch, generator: torch.Generator, sigma_shift: float = 1.0) -> torch.Tensor:
-    x0, tokens, token_mask, fps, mask = batch
+    x0, tokens, token_mask, fps, mask, starts_video = batch
     b = x0.shape[0]
     # Logit-normal noise levels, shifted towards high noise: where the object's place and path
     # are decided. Unshifted, sigma > 0.9 is drawn 1.4% of the time and the sampler's first
@@ -173,7 +173,7 @@ def flow_loss(dit: DiT, batch, generator: torch.Generator, sigma_shift: float = 
     s = sigma.view(b, 1, 1, 1, 1)
     given = mask[:, None, :, None, None].bool()
     xt = torch.where(given, x0, (1 - s) * x0 + s * noise)
-    velocity = dit(xt, sigma, tokens, token_mask, fps, known=x0, mask=mask)
+    velocity = dit(xt, sigma, tokens, token_mask, fps, known=x0, mask=mask, starts_video=starts_video)
     free = (~given).float().expand_as(x0)
     return ((velocity - (noise - x0)).pow(2) * free).sum() / free.sum().clamp_min(1.0)
 
@@ -256,8 +256,12 @@ def main(argv: list[str] | None = None) -> None:
 
     dit = DiT(dit_config, native.vae.latent_channels)
     if args.init_from is not None and not (args.resume and (args.out / "checkpoint.pt").exists()):
-        dit.load_state_dict({k: v.float() for k, v in load_file(str(args.init_from / "dit.safetensors")).items()})
-        log.write({"event": "init_from", "folder": str(args.init_from)})
+        missing, unexpected = dit.load_state_dict(
+            {k: v.float() for k, v in load_file(str(args.init_from / "dit.safetensors")).items()}, strict=False)
+        # Only parameters the source lacks by design may stay at their (zero) initialisation.
+        if unexpected or any(not name.startswith("start_embed.") for name in missing):
+            raise ValueError(f"{args.init_from} does not match the DiT: missing {missing}, unexpected {unexpected}")
+        log.write({"event": "init_from", "folder": str(args.init_from), "new_parameters": missing})
     dit = dit.to(device)
     log.write({"event": "model", "dit_params": sum(p.numel() for p in dit.parameters()),
                "vae_params": sum(p.numel() for p in vae.parameters())})

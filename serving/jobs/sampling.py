@@ -169,17 +169,18 @@ class Sampler:
         rolled_state = map_frames(state, lambda t: torch.roll(t, shifts=-roll, dims=-3)) if roll else state
         return rolled, [
             self._work(spec, w, t, rolled, given, sigmas, map_frames(rolled_state, lambda x, w=w: x[..., w.start : w.stop, :, :].contiguous()),
-                       c)
+                       c, starts_video=w.start == 0 and roll == 0)
             for w, t, c in zip(windows, texts, shared, strict=True)
         ]
 
     @staticmethod
     def _work(spec, window: Window, text: SharedText, latents: torch.Tensor | None, given: FrameCondition | None,
               sigmas: tuple[float, ...], state: SolverState = None, conditioning: SharedConditioning | None = None,
-              noise: WindowNoise | None = None) -> StepWork | None:
+              noise: WindowNoise | None = None, starts_video: bool | None = None) -> StepWork | None:
         """The window's work item; None when all its frames are given (nothing to generate). With
         the family's own conditioning, the given frames travel inside it (by reference). With
-        ``noise`` (``latents`` None), the replica draws the window's starting latents."""
+        ``noise`` (``latents`` None), the replica draws the window's starting latents. ``starts_video``
+        defaults to whether the window starts at latent frame 0."""
         frames = None
         if given is not None:
             mask = given.mask[window.start : window.stop]
@@ -191,6 +192,7 @@ class Sampler:
             latents=latents[:, window.start : window.stop].contiguous() if latents is not None else None, sigmas=sigmas,
             text=text, guidance_scale=spec.guidance_scale, fps=spec.fps, frames=frames, priority=spec.priority,
             solver_state=state, conditioning=conditioning, noise=noise,
+            starts_video=window.start == 0 if starts_video is None else starts_video,
         )
 
     @staticmethod

@@ -93,3 +93,26 @@ def test_realistic_config_builds_without_allocating():
     count = sum(p.numel() for p in model.parameters())
     assert all(p.device.type == "meta" for p in model.parameters())
     assert 0.8e9 < count < 1.3e9
+
+
+def test_video_start_embedding_starts_neutral_and_then_tells_windows_apart():
+    torch.manual_seed(0)
+    plain = DiT(SMALL, latent_channels=8).eval()
+    with_start = DiT(SMALL.model_copy(update={"video_start_embedding": True}), latent_channels=8).eval()
+    # A model without the embedding loads into one with it; the new embedding starts at zero.
+    missing, unexpected = with_start.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["start_embed.weight"] and unexpected == []
+    for block in (plain.blocks[0], with_start.blocks[0]):
+        torch.nn.init.normal_(block.modulation[-1].weight, std=0.02)
+    with_start.blocks[0].load_state_dict(plain.blocks[0].state_dict())
+    torch.nn.init.normal_(plain.proj_out.weight, std=0.02)
+    with_start.proj_out.load_state_dict(plain.proj_out.state_dict())
+    x, sigma, text, mask, fps = _inputs(2, 2, 4, 4)
+    mid = torch.tensor([False, False])
+    with torch.no_grad():
+        reference = plain(x, sigma, text, mask, fps)
+        assert torch.equal(with_start(x, sigma, text, mask, fps, starts_video=mid), reference)
+        torch.nn.init.normal_(with_start.start_embed.weight, std=0.5)
+        first = with_start(x, sigma, text, mask, fps)  # default: every window starts its video
+        assert torch.equal(first, with_start(x, sigma, text, mask, fps, starts_video=torch.tensor([True, True])))
+        assert not torch.allclose(first, with_start(x, sigma, text, mask, fps, starts_video=mid))

@@ -268,3 +268,18 @@ def test_geometry_frame_arithmetic_is_the_time_grid():
     for tile in plan_decode_tiles(41, 160, GEOMETRY, tile=8, context=2):
         first, end = GEOMETRY.time_grid.pixel_range(tile.start, tile.stop)
         assert (tile.first_frame, tile.first_frame + tile.num_frames) == (first, min(end, 160))
+
+
+def test_only_the_window_at_the_first_latent_frame_starts_the_video():
+    import torch
+
+    from tessera.serving.jobs.planner import plan_windows
+    from tessera.serving.jobs.sampling import Sampler
+    from tessera.serving.jobs.spec import GenerationRequest
+
+    windows = plan_windows(20, 8, 2)
+    spec = GenerationRequest(prompt="a red circle moving left", duration_s=2)
+    latents = torch.zeros(8, 20, 4, 4)
+    works = [Sampler._work(spec, w, None, latents, None, (1.0, 0.5)) for w in windows]
+    assert len(works) >= 3
+    assert [work.starts_video for work in works] == [True] + [False] * (len(works) - 1)
