@@ -185,10 +185,14 @@ def long_tiled_set(weights: Path | None, count: int, seconds: float, steps: int)
         inside = np.delete(jumps, [i for i in plan["seam_frame_pairs"] if i < len(jumps)])
         inside_median = float(np.nanmedian(inside)) if np.isfinite(inside).any() else float("nan")
         worst = float(seams["seam_max"] / inside_median) if inside_median > 0 else float("nan")
+        window_seams = {grid.pixel_start(w[0]) - 1 for w in plan["windows"][1:]} | {grid.pixel_start(w[1]) - 1 for w in plan["windows"][:-1]}
         videos.append({"prompt": request.prompt, "seed": request.seed, "frames": int(frames.shape[0]),
                        "windows": len(windows), "window_directions": windows,
                        "every_window_right": all(d == motion for d in windows),
                        "seam_mean_over_inside_mean": seams["ratio"], "worst_seam_over_inside_median": worst,
+                       "inside_median_px": inside_median,
+                       "seam_jumps_px": {int(i): round(float(jumps[i]), 2) for i in plan["seam_frame_pairs"] if i < len(jumps)},
+                       "window_seam_pairs": sorted(int(i) for i in window_seams if 0 <= i < len(jumps)),
                        "video_direction": score_clip(frames, expected={"motion": motion}).direction})
     window_hits = [d == v["prompt"].split()[-1] for v in videos for d in v["window_directions"]]
     return {"seconds": seconds, "videos": videos,
