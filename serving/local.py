@@ -59,3 +59,17 @@ class LocalTessera:
         if record.state != JobState.SUCCEEDED:
             raise TesseraError(f"job {record.job_id} ended {record.state.value}: {record.error_message}")
         return record, time.monotonic() - started
+
+
+def render_once(config: TesseraConfig, request: GenerationRequest, tenant: str = "local") -> tuple[JobRecord, float]:
+    """Start a :class:`LocalTessera`, render one job, stop it (from code that has no event loop)."""
+
+    async def run() -> tuple[JobRecord, float]:
+        local = LocalTessera(config)
+        await local.start()
+        try:
+            return await local.render(request, tenant)
+        finally:
+            await local.stop()
+
+    return asyncio.run(run())

@@ -49,7 +49,7 @@ from tessera.models.train.common import (
     step_generator,
     step_rng,
 )
-from tessera.models.train.latent_cache import build_caption_bank, build_latent_buckets, load_cache, save_cache
+from tessera.models.train.latent_cache import ATTRIBUTE_KEYS, build_caption_bank, build_latent_buckets, load_cache, save_cache
 
 BUCKET_WEIGHTS = (0.4, 0.3, 0.3)  # square, landscape, portrait
 WINDOWS = ((8, 0.55), (6, 0.1), (4, 0.1), (2, 0.1), (1, 0.15))
@@ -126,8 +126,6 @@ def direction_probe(dit: DiT, buckets, bank, seed: int, clips: int = 48, sigma_r
     (``entering`` starts); ``entering=False`` and middle noise probe the frame-to-frame relation."""
     bucket = buckets[0]
     rng = np.random.default_rng([seed, 7, int(entering)])
-    from tessera.models.train.latent_cache import ATTRIBUTE_KEYS
-
     motion_index = ATTRIBUTE_KEYS.index("motion")
     flags = bucket.entering if bucket.entering is not None else torch.zeros(len(bucket.attributes), dtype=torch.bool)
     candidates = []

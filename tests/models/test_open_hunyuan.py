@@ -161,12 +161,12 @@ def test_a_job_through_every_stage_gives_the_pipelines_mp4(s3_server, folder, pi
     """A whole job in process (LocalTessera: text on its own, the step batcher, decode tiles,
     H.264, S3): the MP4 decodes to the pipeline's frames from the job's noise, encoded the same
     way (tolerance 1 level; measured 0)."""
-    import asyncio
 
     from tessera.models.interface import frame_noise
     from tessera.serving.config import TesseraConfig
     from tessera.serving.jobs.spec import GenerationRequest
-    from tessera.serving.local import LocalTessera
+    from tessera.serving.local import render_once
+    from tessera.serving.storage import ObjectStore
     from tessera.serving.media import decode_media
     from tessera.serving.video import encode_mp4
     from tests.conftest import storage_config_for
@@ -175,17 +175,9 @@ def test_a_job_through_every_stage_gives_the_pipelines_mp4(s3_server, folder, pi
     request = GenerationRequest(prompt=PROMPT, num_frames=FRAMES, width=WIDTH, height=HEIGHT, steps=STEPS, seed=3,
                                 skip_prompt_expansion=True)
 
-    async def run():
-        local = LocalTessera(settings)
-        await local.start()
-        try:
-            return await local.render(request)
-        finally:
-            await local.stop()
-
-    record, _ = asyncio.run(run())
+    record, _ = render_once(settings, request)
     assert record.model.startswith("hunyuanvideo15/tiny-hunyuanvideo-1.5@")
-    got = decode_media(LocalTessera(settings).store.get_bytes(record.video_key))
+    got = decode_media(ObjectStore(settings.storage).get_bytes(record.video_key))
     noise = frame_noise(3, 0, LATENT_SHAPE[1], (LATENT_SHAPE[0], *LATENT_SHAPE[2:]))[None]
     video = pipe(prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS,
                  latents=noise, output_type="np").frames[0]

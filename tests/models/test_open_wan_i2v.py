@@ -27,7 +27,7 @@ import torch
 from tessera.models import DenoiseWork, load_model
 from tessera.models.config import WanModelConfig
 from tessera.models.interface import ConditioningRequest, UnsupportedModeError
-from tests.models.tiny_open import wan_i2v, wan_t2v
+from tests.models.tiny_open import wan_i2v, wan_i2v_pipeline_video, wan_t2v
 
 torch.set_num_threads(2)
 
@@ -87,26 +87,14 @@ def run_stages(stages, picture: torch.Tensor, latents: torch.Tensor, sigmas: lis
     return latents, conditioning
 
 
-@pytest.fixture(autouse=True)
-def no_ftfy(monkeypatch):
-    """diffusers 0.42.1: the image-to-video module's prompt_clean calls ftfy without checking it is
-    installed (the text-to-video one checks); the reference pipeline uses the text-to-video one,
-    which the stages use."""
-    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
-
-    monkeypatch.setattr(pipeline_wan_i2v, "prompt_clean", pipeline_wan.prompt_clean)
-
-
 def pipeline_outputs(folder, picture: torch.Tensor, steps: int, guidance: float, **extra):
-    from diffusers import WanImageToVideoPipeline
     from PIL import Image
 
-    pipe = WanImageToVideoPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    common = dict(image=Image.fromarray(picture.numpy()), prompt=PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH,
-                  num_frames=FRAMES, num_inference_steps=steps, guidance_scale=guidance, max_sequence_length=TEXT_LENGTH, **extra)
-    latents = pipe(**common, latents=noise(), output_type="latent").frames[0]
-    video = pipe(**common, latents=noise(), output_type="np").frames[0]  # (T, H, W, 3) float in [0, 1]
+    common = dict(image=Image.fromarray(picture.numpy()), height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+                  num_inference_steps=steps, guidance_scale=guidance, **extra)
+    text = dict(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=TEXT_LENGTH)
+    latents = wan_i2v_pipeline_video(folder, **text, **common, latents=noise(), output_type="latent")
+    video = wan_i2v_pipeline_video(folder, **text, **common, latents=noise(), output_type="np")  # (T, H, W, 3) in [0, 1]
     return latents, torch.from_numpy(np.round(video * 255).astype(np.uint8))
 
 

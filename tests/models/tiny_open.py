@@ -117,6 +117,23 @@ def wan_i2v(folder: Path, *, seed: int = 0, two_experts: bool = False, flow_shif
     return folder
 
 
+def wan_i2v_pipeline_video(folder: Path, *, prompt: str, negative_prompt: str, max_sequence_length: int, **call):
+    """``WanImageToVideoPipeline(folder)(...)``, the reference of the image-to-video tests, with the
+    prompts encoded by the text-to-video ``WanPipeline.encode_prompt`` over the same folder's
+    tokenizer and UMT5 (the code Tessera's stages run) and passed in as embeddings. Why: diffusers
+    0.42.1's image-to-video module cleans prompts with ftfy without checking it is installed (the
+    text-to-video module checks); given embeddings, the pipeline never cleans a prompt."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    pipe = WanImageToVideoPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    text = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=pipe.scheduler,
+                       transformer=pipe.transformer)
+    embeds, negative_embeds = text.encode_prompt(prompt, negative_prompt, do_classifier_free_guidance=True,
+                                                 max_sequence_length=max_sequence_length, dtype=torch.float32)
+    return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, **call).frames[0]
+
+
 def t5_encoder(d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 

@@ -25,7 +25,7 @@ from tessera.serving.client import TesseraError
 from tessera.serving.media import decode_media
 from tessera.serving.video import encode_mp4, encode_png
 from tests.helpers import ffprobe
-from tests.models.tiny_open import wan_i2v
+from tests.models.tiny_open import wan_i2v, wan_i2v_pipeline_video
 from tests.open_models.conftest import TEXT_LENGTH, model_section
 
 pytestmark = pytest.mark.open_models
@@ -57,24 +57,18 @@ def picture() -> np.ndarray:
     return np.random.default_rng(8).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def pipeline_frames(folder, guidance: float, monkeypatch) -> np.ndarray:
-    from diffusers import WanImageToVideoPipeline
-    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
+def pipeline_frames(folder, guidance: float) -> np.ndarray:
     from PIL import Image
 
     torch.set_num_threads(2)
-    # diffusers 0.42.1: the image-to-video module's prompt_clean needs ftfy; the stages use the text-to-video one
-    monkeypatch.setattr(pipeline_wan_i2v, "prompt_clean", pipeline_wan.prompt_clean)
-    pipe = WanImageToVideoPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
     noise = frame_noise(SEED, 0, 3, (16, SIZE // 8, SIZE // 8))[None]  # what the job runner draws for seed SEED
-    video = pipe(image=Image.fromarray(picture()), prompt=PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE,
-                 num_frames=FRAMES, num_inference_steps=STEPS, guidance_scale=guidance, latents=noise,
-                 max_sequence_length=TEXT_LENGTH, output_type="np").frames[0]
+    video = wan_i2v_pipeline_video(folder, prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=TEXT_LENGTH,
+                                   image=Image.fromarray(picture()), height=SIZE, width=SIZE, num_frames=FRAMES,
+                                   num_inference_steps=STEPS, guidance_scale=guidance, latents=noise, output_type="np")
     return np.round(video * 255).astype(np.uint8)
 
 
-def test_a_wan_image_to_video_clip_over_grpc_is_the_pipelines_video(i2v_stack, tmp_path, monkeypatch):
+def test_a_wan_image_to_video_clip_over_grpc_is_the_pipelines_video(i2v_stack, tmp_path):
     stack, folder = i2v_stack
     job = stack.client.generate(PROMPT, negative_prompt=NEGATIVE, from_image=encode_png(picture()), num_frames=FRAMES,
                                 width=SIZE, height=SIZE, steps=STEPS, seed=SEED, skip_prompt_expansion=True, timeout_s=300)
@@ -83,7 +77,7 @@ def test_a_wan_image_to_video_clip_over_grpc_is_the_pipelines_video(i2v_stack, t
     info = ffprobe(path)
     assert (info["codec"], info["width"], info["height"], info["frames"]) == ("h264", SIZE, SIZE, FRAMES)
 
-    expected = decode_media(encode_mp4(pipeline_frames(folder, 5.0, monkeypatch), 16.0, stack.config.video))
+    expected = decode_media(encode_mp4(pipeline_frames(folder, 5.0), 16.0, stack.config.video))
     got = decode_media(path.read_bytes())
     assert got.shape == expected.shape == (FRAMES, SIZE, SIZE, 3)
     difference = np.abs(got.astype(int) - expected.astype(int))

@@ -15,7 +15,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tessera.models.config import WanModelConfig
 from tessera.models.interface import frame_noise
@@ -24,12 +23,13 @@ from tessera.serving.config import TesseraConfig
 from tessera.serving.errors import FailedPreconditionError
 from tessera.serving.jobs import modes
 from tessera.serving.jobs.spec import GenerationRequest, MediaInput
-from tessera.serving.local import LocalTessera
+from tessera.serving.local import LocalTessera, render_once
+from tessera.serving.storage import ObjectStore
 from tessera.serving.media import decode_media
 from tessera.serving.video import encode_mp4, encode_png
 from tests.conftest import storage_config_for
 from tests.helpers import ffprobe
-from tests.models.tiny_open import wan_i2v, wan_t2v
+from tests.models.tiny_open import wan_i2v, wan_i2v_pipeline_video, wan_t2v
 
 PROMPT = "a red circle moving to the right"
 SIZE, FRAMES, STEPS, SEED = 32, 9, 2, 3
@@ -44,23 +44,15 @@ def model_config(folder, name: str) -> WanModelConfig:
     return WanModelConfig(path=folder, name=name, device="cpu", dtype="float32", max_sequence_length=16, torch_threads=2)
 
 
-def test_a_wan_image_to_video_job_renders_the_pipelines_video(s3_server, tmp_path, monkeypatch):
+def test_a_wan_image_to_video_job_renders_the_pipelines_video(s3_server, tmp_path):
     folder = wan_i2v(tmp_path / "tiny-wan2.1-i2v")
     config = TesseraConfig(storage=storage_config_for(s3_server), model=model_config(folder, "wan-i2v-tiny"))
     request = GenerationRequest(prompt=PROMPT, num_frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, seed=SEED,
                                 skip_prompt_expansion=True, from_image=MediaInput(data=encode_png(picture())))
 
-    async def run():
-        local = LocalTessera(config)
-        await local.start()
-        try:
-            return await local.render(request)
-        finally:
-            await local.stop()
-
-    record, _ = asyncio.run(run())
+    record, _ = render_once(config, request)
     assert record.model.startswith("wan/wan-i2v-tiny@")
-    store = LocalTessera(config).store
+    store = ObjectStore(config.storage)
     path = tmp_path / "clip.mp4"
     path.write_bytes(store.get_bytes(record.video_key))
     info = ffprobe(path)
@@ -69,18 +61,12 @@ def test_a_wan_image_to_video_job_renders_the_pipelines_video(s3_server, tmp_pat
     assert manifest["mode"] == "image_to_video"
     assert manifest["image_to_video"] == {"conditioning": "model", "last_frame": False}  # the family's own, not a kept frame
 
-    from diffusers import WanImageToVideoPipeline
-    from diffusers.pipelines.wan import pipeline_wan, pipeline_wan_i2v
     from PIL import Image
 
-    # diffusers 0.42.1: the image-to-video module's prompt_clean needs ftfy; the stages use the text-to-video one
-    monkeypatch.setattr(pipeline_wan_i2v, "prompt_clean", pipeline_wan.prompt_clean)
-    pipe = WanImageToVideoPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
     noise = frame_noise(SEED, 0, 3, (16, SIZE // 8, SIZE // 8))[None]  # the job's initial noise
-    video = pipe(image=Image.fromarray(picture()), prompt=PROMPT, negative_prompt="", height=SIZE, width=SIZE,
-                 num_frames=FRAMES, num_inference_steps=STEPS, guidance_scale=5.0, latents=noise, max_sequence_length=16,
-                 output_type="np").frames[0]
+    video = wan_i2v_pipeline_video(folder, prompt=PROMPT, negative_prompt="", max_sequence_length=16,
+                                   image=Image.fromarray(picture()), height=SIZE, width=SIZE, num_frames=FRAMES,
+                                   num_inference_steps=STEPS, guidance_scale=5.0, latents=noise, output_type="np")
     expected = decode_media(encode_mp4(np.round(video * 255).astype(np.uint8), 16.0, config.video))
     got = decode_media(path.read_bytes())
     difference = np.abs(got.astype(int) - expected.astype(int))
@@ -111,7 +97,7 @@ def test_a_long_image_to_video_job_shares_its_conditioning_per_window(s3_server,
 
     record, denoiser = asyncio.run(run())
     path = tmp_path / "long.mp4"
-    path.write_bytes(LocalTessera(config).store.get_bytes(record.video_key))
+    path.write_bytes(ObjectStore(config.storage).get_bytes(record.video_key))
     assert ffprobe(path)["frames"] == 17
     assert denoiser.conditionings.fetches == 2, "one conditioning slice per window, fetched once for every step"
     assert denoiser.batcher.steps_run == 2 * STEPS

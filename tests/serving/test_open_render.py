@@ -6,7 +6,6 @@ those of the pipeline's frames encoded with the same H.264 settings (tolerance: 
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -18,7 +17,8 @@ from tessera.serving.video import encode_mp4
 from tessera.models.config import WanModelConfig
 from tessera.serving.config import TesseraConfig
 from tessera.serving.jobs.spec import GenerationRequest
-from tessera.serving.local import LocalTessera
+from tessera.serving.local import render_once
+from tessera.serving.storage import ObjectStore
 from tests.conftest import storage_config_for
 from tests.helpers import ffprobe
 from tests.models.tiny_open import wan_t2v
@@ -31,18 +31,10 @@ def test_a_wan_job_renders_a_real_video(s3_server, tmp_path):
     request = GenerationRequest(prompt="a red circle moving to the right", num_frames=9, width=32, height=32, steps=2, seed=3,
                                 skip_prompt_expansion=True)
 
-    async def run():
-        local = LocalTessera(config)
-        await local.start()
-        try:
-            return await local.render(request)
-        finally:
-            await local.stop()
-
-    record, _ = asyncio.run(run())
+    record, _ = render_once(config, request)
     assert record.model.startswith("wan/wan-tiny@")
     path = tmp_path / "clip.mp4"
-    store = LocalTessera(config).store
+    store = ObjectStore(config.storage)
     path.write_bytes(store.get_bytes(record.video_key))
     info = ffprobe(path)
     assert (info["width"], info["height"], info["codec"], info["fps"]) == (32, 32, "h264", 16.0)
