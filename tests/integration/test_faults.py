@@ -173,8 +173,10 @@ def test_storage_outage_shorter_than_the_budget_is_ridden_out(stack, tmp_path):
 
 
 def test_storage_outage_longer_than_the_budget_fails_cleanly(stack):
-    job = stack.client.submit("a green square moving left", duration_s=20, steps=2, seed=37)
-    wait_for(lambda: record_of(stack, job.job_id).progress.segments_done >= 1, 180, "decoding")
+    # 60 s: decoding outlasts the poll by far, so the outage begins while segments are still to be written
+    # (a 20 s video's last tiles could all be uploaded before the server stopped on a quiet machine)
+    job = stack.client.submit("a green square moving left", duration_s=60, steps=2, seed=37)
+    wait_for(lambda: record_of(stack, job.job_id).progress.segments_done >= 1, 300, "decoding")
     stack.runner.s3.stop()
     time.sleep(stack.config.jobs.storage_retry_s + 6)
     stack.runner.s3.start()

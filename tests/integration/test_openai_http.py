@@ -2,7 +2,7 @@
 
 Videos made here are Tessera jobs like any other: the same records answer gRPC's GetJob and
 ListJobs, and jobs submitted over gRPC answer here. Renders are tiny (64x64, at most 2 s, at
-most 4 steps). Keys, bad input and the OpenAPI document without a stack:
+most 16 steps). Keys, bad input and the OpenAPI document without a stack:
 tests/serving/test_openai_http.py."""
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def keys_under(stack, prefix: str) -> list[str]:
 @pytest.fixture(scope="module")
 def first(stack, sdk):
     """One video made over HTTP (with Tessera's own fields in extra_body), followed by its event stream."""
-    created = sdk.videos.create(prompt=PROMPT, **TINY, extra_body={"steps": 4, "seed": 7, "negative_prompt": "blurry"})
+    # 16 steps: denoising lasts long enough on a quiet machine for the event stream to see it
+    created = sdk.videos.create(prompt=PROMPT, **TINY, extra_body={"steps": 16, "seed": 7, "negative_prompt": "blurry"})
     events = server_sent_events(stack, created.id)
     return created, events, sdk.videos.retrieve(created.id)
 
@@ -96,7 +97,7 @@ def test_events_stream_progress_then_the_final_video(first):
     percents = [p["progress"] for p in progress]
     assert percents == sorted(percents) and percents[-1] < 100, percents
     denoising = [p for p in progress if p["stage"] == "DENOISING"]
-    assert denoising and denoising[-1]["total_steps"] == 4, progress
+    assert denoising and denoising[-1]["total_steps"] == 16, progress
     final = events[-1][1]
     assert final["id"] == created.id and final["status"] == "completed" and final["progress"] == 100
 
@@ -107,7 +108,7 @@ def test_a_completed_video_carries_its_facts(first, stack):
     assert abs(done.expires_at - (time.time() + stack.config.storage.presign_expiry_s)) < 120
     details = done.tessera  # Tessera's own fields ride along
     assert (details["seed"], details["steps"], details["width"], details["height"], details["fps"], details["num_frames"]) == (
-        7, 4, 64, 64, 8, 16)
+        7, 16, 64, 64, 8, 16)
     assert details["state"] == "SUCCEEDED" and details["mode"] == "text_to_video"
     assert details["video_url"].startswith("http") and "X-Amz-Signature" in details["video_url"]
     with urllib.request.urlopen(details["thumbnail_url"], timeout=30) as response:
@@ -118,7 +119,7 @@ def test_http_videos_are_grpc_jobs_and_grpc_jobs_are_http_videos(first, stack, s
     created, _, _ = first
     job = stack.client.get(created.id)
     assert job.state == pb.SUCCEEDED and job.seed == 7
-    assert (job.request.prompt, job.request.negative_prompt, job.request.steps) == (PROMPT, "blurry", 4)
+    assert (job.request.prompt, job.request.negative_prompt, job.request.steps) == (PROMPT, "blurry", 16)
     assert created.id in [j.job_id for j in stack.client.list(page_size=50).jobs]
 
     made = stack.client.generate("a blue square moving left", duration_s=1, width=64, height=64, steps=2, seed=3)
