@@ -176,8 +176,9 @@ def test_storage_outage_longer_than_the_budget_fails_cleanly(stack):
     # 60 s: decoding outlasts the poll by far, so the outage begins while segments are still to be written
     # (a 20 s video's last tiles could all be uploaded before the server stopped on a quiet machine)
     job = stack.client.submit("a green square moving left", duration_s=60, steps=2, seed=37)
-    wait_for(lambda: record_of(stack, job.job_id).progress.segments_done >= 1, 300, "decoding")
+    seen = wait_for(lambda: (r := record_of(stack, job.job_id)).progress.segments_done >= 1 and r, 300, "decoding")
     stack.runner.s3.stop()
+    assert seen.progress.total_segments - seen.progress.segments_done >= 4, "the outage must begin with segments still to write"
     time.sleep(stack.config.jobs.storage_retry_s + 6)
     stack.runner.s3.start()
     with pytest.raises(TesseraError) as caught:
